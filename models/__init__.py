@@ -1,0 +1,1 @@
+"""FIANet and its parts (installed as ``fiacli.models``)."""

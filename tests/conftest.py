@@ -1,0 +1,54 @@
+"""Shared test fixtures: the ../shared reference folder, the CLI runner, offline settings."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+
+# Tests never touch a model hub: a missing offline asset must fail fast, not hang on the network.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+def shared_path(*parts: str) -> Path:
+    """A path under ../shared; skips the test (fails under CI=true) when it is absent."""
+    path = SHARED.joinpath(*parts)
+    if not path.exists():
+        reason = f"{path} is absent: ../shared (reference data) is not part of a user's clone"
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{reason}, but CI must have it")
+        pytest.skip(reason)
+    return path
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    return shared_path()
+
+
+@dataclass
+class CliResult:
+    exit_code: int
+    stdout: str
+    stderr: str
+
+
+@pytest.fixture
+def run_cli() -> Callable[..., CliResult]:
+    """Invoke ``fiacli`` in-process; returns exit code, stdout and stderr separately."""
+    from typer.testing import CliRunner
+
+    from fiacli.cli import app
+
+    def run(*args: str, input: str | None = None) -> CliResult:
+        result = CliRunner().invoke(app, list(args), input=input, catch_exceptions=False)
+        return CliResult(result.exit_code, result.stdout, result.stderr)
+
+    return run

@@ -1,0 +1,1 @@
+"""Datasets, losses, metrics and training loops (installed as ``fiacli.training``)."""

@@ -1,0 +1,123 @@
+"""Optimiser groups and poly schedule of the released recipe (§4)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from fiacli.training.optim import build_optimizer, freeze_for_training, poly_scheduler
+from torch import nn
+from transformers import BertConfig, BertModel
+
+
+class _Block(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(8)
+        self.fc = nn.Linear(8, 8)
+        self.relative_position_bias_table = nn.Parameter(torch.zeros(9, 2))
+
+
+class _FakeFIANet(nn.Module):
+    """Names and module types shaped like FIANet's: Swin block, FIAM, decoder BN, BERT."""
+
+    def __init__(self):
+        super().__init__()
+        self.absolute_pos_embed = nn.Parameter(torch.zeros(1, 4, 8))
+        self.block = _Block()
+        self.go_embedding = nn.Linear(8, 8)
+        self.inorm = nn.InstanceNorm1d(8, affine=True)
+        self.decoder_bn = nn.BatchNorm2d(8)
+        self.classifier = nn.Conv2d(8, 2, 1)
+        cfg = BertConfig(
+            vocab_size=50,
+            hidden_size=16,
+            num_hidden_layers=4,
+            num_attention_heads=2,
+            intermediate_size=32,
+        )
+        self.text_encoder = BertModel(cfg, add_pooling_layer=False)
+
+
+def _groups(opt):
+    decay, no_decay = opt.param_groups
+    return {id(p) for p in decay["params"]}, {id(p) for p in no_decay["params"]}, decay, no_decay
+
+
+def test_param_groups_follow_the_released_recipe():
+    model = _FakeFIANet()
+    frozen = freeze_for_training(model)
+    opt = build_optimizer(model, lr=3e-5, weight_decay=0.01)
+    decay, no_decay, g_decay, g_no_decay = _groups(opt)
+    assert g_decay["weight_decay"] == 0.01 and g_no_decay["weight_decay"] == 0.0
+    for p in (
+        model.block.norm1.weight,
+        model.block.norm1.bias,
+        model.decoder_bn.weight,
+        model.inorm.weight,
+        model.absolute_pos_embed,
+        model.block.relative_position_bias_table,
+    ):
+        assert id(p) in no_decay
+    for p in (
+        model.block.fc.weight,
+        model.classifier.weight,
+        model.text_encoder.encoder.layer[0].attention.self.query.weight,
+    ):
+        assert id(p) in decay
+    text = model.text_encoder
+    # embeddings and the last two layers are outside the optimiser; layers 0-1 inside
+    outside = [
+        *text.embeddings.parameters(),
+        *text.encoder.layer[2].parameters(),
+        *text.encoder.layer[3].parameters(),
+        *model.go_embedding.parameters(),
+    ]
+    for p in outside:
+        assert id(p) not in decay | no_decay and not p.requires_grad
+    for p in text.encoder.layer[1].parameters():
+        assert id(p) in decay | no_decay
+    assert (
+        "go_embedding.weight" in frozen
+        and "text_encoder.encoder.layer.3.output.dense.weight" in frozen
+    )
+    assert not any(".layer.1." in n for n in frozen)
+    # every trainable parameter is in exactly one group
+    trainable = {id(p) for p in model.parameters() if p.requires_grad}
+    assert trainable == decay | no_decay and not decay & no_decay
+
+
+def test_frozen_text_encoder_leaves_no_text_parameter_in_the_optimiser():
+    model = _FakeFIANet()
+    freeze_for_training(model, freeze_text_encoder=True)
+    decay, no_decay, *_ = _groups(build_optimizer(model, lr=1e-3, weight_decay=0.01))
+    assert not {id(p) for p in model.text_encoder.parameters()} & (decay | no_decay)
+
+
+def test_frozen_parameters_do_not_move_during_a_step():
+    torch.manual_seed(0)
+    model = _FakeFIANet()
+    freeze_for_training(model)
+    opt = build_optimizer(model, lr=1e-2, weight_decay=0.01)
+    before = model.text_encoder.encoder.layer[3].output.dense.weight.clone()
+    ids = torch.randint(0, 50, (2, 5))
+    out = model.text_encoder(input_ids=ids).last_hidden_state.sum()
+    out.backward()
+    opt.step()
+    assert torch.equal(before, model.text_encoder.encoder.layer[3].output.dense.weight)
+    assert model.text_encoder.encoder.layer[0].attention.self.query.weight.grad is not None
+
+
+def test_poly_schedule_is_stepped_per_iteration():
+    p = nn.Parameter(torch.zeros(1))
+    opt = torch.optim.AdamW([p], lr=0.1)
+    sched = poly_scheduler(opt, total_iters=10, power=0.9)
+    lrs = []
+    for _ in range(10):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    # hand values: 0.1·(1 − it/10)^0.9
+    expected = [0.1 * (1 - it / 10) ** 0.9 for it in range(10)]
+    assert lrs == pytest.approx(expected, rel=1e-9)
+    assert opt.param_groups[0]["lr"] == 0.0
+    assert lrs[5] == pytest.approx(0.1 * 0.5**0.9)

@@ -1,0 +1,101 @@
+"""Optimiser and schedule of the released recipe (§4): AdamW groups and poly decay per iteration.
+
+Which parameters train, as released:
+- no weight decay on normalisation layers, ``absolute_pos_embed`` and
+  ``relative_position_bias_table`` (fiacli applies the norm rule to every norm layer by type,
+  since its parameter names differ from the released ones; the released code matched the
+  substring ``norm`` in backbone parameter names);
+- BERT's embeddings and its last two layers are **not in the optimiser**. fiacli also sets
+  ``requires_grad=False`` on them: the weights stay where they were either way, and autograd then
+  skips their gradients (and DDP does not wait for them);
+- parameters that forward never uses (the released ``go_embedding``) are frozen too, so that DDP
+  needs no ``find_unused_parameters`` (an extra graph walk every step).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+
+NO_DECAY_NAMES = ("absolute_pos_embed", "relative_position_bias_table")
+NORM_TYPES = (
+    nn.modules.batchnorm._NormBase,  # BatchNorm*, SyncBatchNorm, InstanceNorm*
+    nn.LayerNorm,
+    nn.GroupNorm,
+    nn.LocalResponseNorm,
+)
+# never used by FIANet's forward (§1), kept only so released checkpoints map key for key
+UNUSED_IN_FORWARD = ("go_embedding",)
+
+
+def find_text_encoder(model: nn.Module) -> nn.Module | None:
+    """The BERT-like encoder inside ``model``: the first module with ``embeddings`` and
+    ``encoder.layer`` (HF's BertModel layout), or None when the model has none."""
+    for module in model.modules():
+        encoder = getattr(module, "encoder", None)
+        if hasattr(module, "embeddings") and isinstance(getattr(encoder, "layer", None), nn.Module):
+            return module
+    return None
+
+
+def freeze_for_training(model: nn.Module, *, freeze_text_encoder: bool = False) -> list[str]:
+    """Set ``requires_grad=False`` on what the recipe never updates; returns the frozen names."""
+    frozen: set[int] = set()
+    text = find_text_encoder(model)
+    if text is not None:
+        if freeze_text_encoder:
+            parts: Iterable[nn.Module] = [text]
+        else:
+            layers = list(text.encoder.layer)
+            parts = [text.embeddings, *layers[-2:]]
+            pooler = getattr(text, "pooler", None)
+            if isinstance(pooler, nn.Module):
+                parts = [*parts, pooler]  # BERT's pooler is never used (no pooled output)
+        for part in parts:
+            for p in part.parameters():
+                p.requires_grad_(False)
+                frozen.add(id(p))
+    names = []
+    for name, p in model.named_parameters():
+        if any(u in name.split(".") for u in UNUSED_IN_FORWARD):
+            p.requires_grad_(False)
+            frozen.add(id(p))
+        if id(p) in frozen:
+            names.append(name)
+    return names
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Two AdamW groups over the trainable parameters: with and without weight decay."""
+    no_decay: set[int] = set()
+    for module in model.modules():
+        if isinstance(module, NORM_TYPES):
+            no_decay.update(id(p) for p in module.parameters(recurse=False))
+    decay_params, no_decay_params = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        if id(p) in no_decay or any(n in name for n in NO_DECAY_NAMES):
+            no_decay_params.append(p)
+        else:
+            decay_params.append(p)
+    return [
+        {"params": decay_params, "weight_decay": weight_decay},
+        {"params": no_decay_params, "weight_decay": 0.0},
+    ]
+
+
+def build_optimizer(model: nn.Module, lr: float, weight_decay: float) -> torch.optim.AdamW:
+    """AdamW over :func:`param_groups` (call :func:`freeze_for_training` first)."""
+    return torch.optim.AdamW(param_groups(model, weight_decay), lr=lr, weight_decay=weight_decay)
+
+
+def poly_scheduler(
+    optimizer: torch.optim.Optimizer, total_iters: int, power: float = 0.9
+) -> torch.optim.lr_scheduler.PolynomialLR:
+    """``lr·(1 − it/total)^power``, to be stepped once per optimiser step (not per epoch)."""
+    return torch.optim.lr_scheduler.PolynomialLR(
+        optimizer, total_iters=max(1, total_iters), power=power
+    )

@@ -1,0 +1,117 @@
+"""Test doubles for ``fiacli segment``: an "oracle" model and GeoTIFF writers.
+
+The oracle's output is a fixed function of the chip's pixels, so the same function applied to the
+whole scene (computed here with plain numpy/scipy, independently of fiacli) is what a correct
+tiling, blending and stitching pipeline must reproduce.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import rasterio
+from affine import Affine
+from scipy import ndimage
+
+CHANNELS = {"red": 0, "green": 1, "blue": 2}
+
+
+@dataclass(frozen=True)
+class Encoded:
+    channel: int
+    side: str | None  # "left"/"right" half of the image the expression points at, if any
+
+
+@dataclass
+class Oracle:
+    """``ChipPredictor`` double: probability = channel / 255 (optionally box-filtered).
+
+    The expression picks the channel ("red", "green", "blue"; red by default). ``radius`` > 0
+    averages over a (2r+1)² box clamped at the chip border, so chip borders *differ* from the
+    whole-scene result, like a real model's context effects. "left"/"right" zero the other half
+    of the image the model sees, unless encoded with ``drop_position``.
+    """
+
+    image_size: int = 64
+    radius: int = 0
+    encode_calls: list[tuple[str, bool]] = field(default_factory=list)
+    batches: list[tuple[int, ...]] = field(default_factory=list)
+    fail_after: int | None = None  # raise KeyboardInterrupt on this predict() call (0-based)
+    fail_with: type[BaseException] = KeyboardInterrupt
+
+    def encode(self, expression: str, *, drop_position: bool = False) -> Encoded:
+        self.encode_calls.append((expression, drop_position))
+        words = expression.lower().split()
+        channel = next((CHANNELS[w] for w in words if w in CHANNELS), 0)
+        side = None if drop_position else next((w for w in words if w in ("left", "right")), None)
+        return Encoded(channel, side)
+
+    def predict(self, chips: np.ndarray, encoded: Encoded) -> np.ndarray:
+        if self.fail_after is not None and len(self.batches) >= self.fail_after:
+            raise self.fail_with()
+        assert chips.dtype == np.uint8 and chips.ndim == 4 and chips.shape[1] == 3
+        self.batches.append(chips.shape)
+        p = chips[:, encoded.channel].astype(np.float32) / 255.0
+        if self.radius:
+            p = ndimage.uniform_filter(p, size=(1, 2 * self.radius + 1, 2 * self.radius + 1),
+                                       mode="nearest")  # fmt: skip
+        half = p.shape[2] // 2
+        if encoded.side == "left":
+            p[:, :, half:] = 0
+        elif encoded.side == "right":
+            p[:, :, :half] = 0
+        return p
+
+    @property
+    def chips_seen(self) -> int:
+        return sum(b[0] for b in self.batches)
+
+
+def whole_scene(rgb: np.ndarray, expression: str = "red", radius: int = 0) -> np.ndarray:
+    """What the oracle gives when it sees the whole scene ``(3, H, W)`` at once."""
+    channel = next((CHANNELS[w] for w in expression.split() if w in CHANNELS), 0)
+    p = rgb[channel].astype(np.float32) / 255.0
+    if radius:
+        p = ndimage.uniform_filter(p, size=2 * radius + 1, mode="nearest")
+    return p
+
+
+UTM_TRANSFORM = Affine(0.5, 0, 500000.0, 0, -0.5, 4100000.0)
+
+
+def write_tif(
+    path: Path,
+    data: np.ndarray,
+    *,
+    crs: Any = "EPSG:32633",
+    transform: Affine | None = UTM_TRANSFORM,
+    nodata: float | None = None,
+    tiled: bool = False,
+    **extra: Any,
+) -> Path:
+    """A GeoTIFF from a ``(bands, H, W)`` array (``crs=None`` for an ungeoreferenced file)."""
+    count, height, width = data.shape
+    profile = dict(driver="GTiff", width=width, height=height, count=count, dtype=data.dtype,
+                   crs=crs, transform=transform, nodata=nodata, **extra)  # fmt: skip
+    if tiled:
+        profile.update(tiled=True, blockxsize=256, blockysize=256, compress="deflate")
+    with rasterio.open(path, "w", **profile) as ds:
+        ds.write(data)
+    return path
+
+
+def random_rgb(height: int, width: int, seed: int = 0) -> np.ndarray:
+    """Smooth-ish random RGB so thresholds give blobs, not salt-and-pepper."""
+    rng = np.random.default_rng(seed)
+    noise = rng.random((3, height, width))
+    smooth = ndimage.uniform_filter(noise, size=(1, 5, 5), mode="reflect")
+    lo, hi = smooth.min(), smooth.max()
+    return np.clip((smooth - lo) / (hi - lo) * 255, 0, 255).round().astype(np.uint8)
+
+
+def read(path: Path, band: int | None = None) -> np.ndarray:
+    with rasterio.open(path) as ds:
+        return ds.read(band) if band else ds.read()

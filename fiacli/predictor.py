@@ -84,8 +84,7 @@ class RefSegPredictor:
                 raise FiacliError(
                     "this checkpoint records no parse settings; it cannot turn text into tokens"
                 )
-            from_dict = getattr(ParseSettings, "from_dict", None)
-            self._settings = from_dict(stored) if from_dict else ParseSettings(**stored)
+            self._settings = ParseSettings.from_dict(stored)
         return self._settings
 
     def encode(self, expression: str, *, drop_position: bool = False) -> EncodedExpression:
@@ -97,9 +96,8 @@ class RefSegPredictor:
         from fiacli.models.text_encoder import TextBatch
         from fiacli.parsing import parse, strip_position
 
-        parsed = parse(expression, self.parse_settings)
-        if drop_position:
-            parsed = strip_position(parsed)
+        text = strip_position(expression, self.parse_settings) if drop_position else expression
+        parsed = parse(text, self.parse_settings)
         batch = TextBatch.from_parsed([parsed]).to(self.device)
         with torch.inference_mode(), autocast(self.device, self.precision):
             features = self.model.encode_text(batch)

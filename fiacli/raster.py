@@ -246,11 +246,13 @@ def open_scene(
     bands: Sequence[int] | None = None,
     resolution: float | None = None,
     allow_ungeoreferenced: bool = False,
+    stretch: bool = True,
 ) -> Scene:
     """Open ``path`` for segmentation, refusing clearly what cannot work.
 
     ``resolution`` (ground metres per pixel) resamples on the fly with a bilinear WarpedVRT that
-    keeps the CRS, origin and orientation; outputs are then on that grid.
+    keeps the CRS, origin and orientation; outputs are then on that grid. ``stretch=False`` skips
+    the scene statistics (for a quick validity check).
     """
     path = str(path)
     if _is_local(path) and not Path(path).exists():
@@ -265,7 +267,7 @@ def open_scene(
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unknown format"
         raise FiacliError(f"cannot read {path} as a raster: {first}") from None
     try:
-        return _prepare(src, path, bands, resolution, allow_ungeoreferenced)
+        return _prepare(src, path, bands, resolution, allow_ungeoreferenced, stretch)
     except BaseException:
         src.close()
         raise
@@ -277,6 +279,7 @@ def _prepare(
     bands: Sequence[int] | None,
     resolution: float | None,
     allow_ungeoreferenced: bool,
+    with_stretch: bool,
 ) -> Scene:
     indexes, note = select_bands(src, bands)
     notes = [note] if note else []
@@ -294,7 +297,7 @@ def _prepare(
         if not allow_ungeoreferenced:
             raise FiacliError(f"{path} {detail}; {hint}")
         notes.append(f"{path} {detail}; outputs are in pixel coordinates")
-    stretch = None if dtype == np.uint8 else scene_stretch(src, indexes)
+    stretch = None if dtype == np.uint8 or not with_stretch else scene_stretch(src, indexes)
     dataset = src
     if resolution is not None:
         if resolution <= 0:
@@ -317,7 +320,7 @@ def _warped(src: Any, resolution: float) -> WarpedVRT:
     return WarpedVRT(
         src,
         crs=src.crs,
-        transform=t * Affine.scale(sx, sy),
+        transform=Affine(t.a * sx, t.b * sy, t.c, t.d * sx, t.e * sy, t.f),
         width=width,
         height=height,
         resampling=Resampling.bilinear,

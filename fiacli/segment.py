@@ -78,7 +78,7 @@ def load_predictor(
 ) -> ChipPredictor:
     """The FIANet predictor of a fiacli checkpoint, with clear errors for the usual mistakes."""
     if model is None:
-        raise UsageError("no model given: pass -m MODEL (a fiacli checkpoint, .safetensors or .pt)")
+        raise UsageError("no model given: pass -m MODEL.safetensors (a fiacli checkpoint)")
     path = Path(model)
     if not path.is_file():
         raise FiacliError(f"model not found: {path}")

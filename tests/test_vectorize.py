@@ -1,0 +1,182 @@
+"""Windowed vectorisation equals whole-scene vectorisation; areas in m²; streamed opening."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import rasterio.features
+import shapely
+from affine import Affine
+from rasterio.crs import CRS
+from scipy import ndimage
+
+from fiacli.vectorize import (
+    RowOpening,
+    area_m2,
+    regions_to_frame,
+    to_crs_coordinates,
+    vectorize_array,
+    write_vectors,
+)
+
+
+def whole_scene_polygons(mask: np.ndarray) -> list:
+    """The reference: GDAL polygonize (4-connected) over the entire mask at once."""
+    fg = (mask == 1).astype(np.uint8)
+    shapes = rasterio.features.shapes(fg, mask=fg > 0, connectivity=4)
+    return [shapely.geometry.shape(g) for g, _ in shapes]
+
+
+def canonical(geoms) -> list[str]:
+    return sorted(shapely.to_wkt(shapely.normalize(shapely.simplify(g, 0))) for g in geoms)
+
+
+def blobs(h: int, w: int, seed: int, level: float = 0.55) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return (ndimage.uniform_filter(rng.random((h, w)), 4) > level).astype(np.uint8)
+
+
+MASKS = {
+    "blobs": blobs(90, 130, 0),
+    "noise": (np.random.default_rng(1).random((40, 60)) > 0.5).astype(np.uint8),
+    "tall": blobs(200, 17, 2, 0.5),
+}
+
+
+def ring_with_diagonal_hole() -> np.ndarray:
+    m = np.zeros((9, 9), np.uint8)
+    m[1:8, 1:8] = 1
+    m[3:6, 3:6] = 0  # a hole crossing window seams
+    m[2, 2] = 0  # bg touching the hole only diagonally: stays a separate hole under 4-conn.
+    m[8, 8] = 1  # touches the square at a corner only: a separate polygon
+    return m
+
+
+@pytest.mark.parametrize("name", sorted(MASKS) + ["ring"])
+@pytest.mark.parametrize("rows", [1, 2, 3, 7, 64, 1000])
+def test_windowed_equals_whole_scene(name, rows):
+    mask = ring_with_diagonal_hole() if name == "ring" else MASKS[name]
+    prob = np.full(mask.shape, 200, np.uint8)
+    regions = vectorize_array(mask, prob, window_rows=rows)
+    expected = whole_scene_polygons(mask)
+    assert len(regions) == len(expected)
+    assert canonical(regions.geometries) == canonical(expected)
+    for g, n, p in zip(regions.geometries, regions.pixels, regions.prob_sums, strict=True):
+        assert g.is_valid and g.geom_type == "Polygon"
+        assert g.area == n  # one pixel is one unit of area in pixel coordinates
+        assert p == 200 * n
+
+
+def test_nodata_and_background_make_no_polygons():
+    mask = np.full((20, 20), 255, np.uint8)
+    mask[5:10, 5:10] = 0
+    assert len(vectorize_array(mask, window_rows=4)) == 0
+
+
+def test_mean_probability_is_per_region():
+    mask = np.zeros((10, 10), np.uint8)
+    mask[0:3, 0:3] = 1
+    mask[6:10, 6:10] = 1
+    prob = np.zeros((10, 10), np.uint8)
+    prob[0:3, 0:3] = 100
+    prob[6:10, 6:10] = 250
+    regions = vectorize_array(mask, prob, window_rows=2)
+    means = sorted(p / n for p, n in zip(regions.prob_sums, regions.pixels, strict=True))
+    assert means == [100, 250]
+
+
+def test_rotated_transform_is_applied_to_every_vertex():
+    t = Affine.translation(1000, 2000) @ Affine.rotation(30) @ Affine.scale(2, -2)
+    square = shapely.box(0, 0, 3, 2)
+    (moved,) = to_crs_coordinates([square], t)
+    for (px, py), (x, y) in zip(square.exterior.coords, moved.exterior.coords, strict=True):
+        assert (x, y) == pytest.approx(t @ (px, py))
+
+
+def _ellipsoid_cell_area(lat0: float, lat1: float, dlon: float) -> float:
+    """Area of a lat/lon cell on the WGS84 ellipsoid from the authalic-latitude formula."""
+    a, f = 6378137.0, 1 / 298.257223563
+    e = math.sqrt(f * (2 - f))
+
+    def q(lat):
+        s = math.sin(math.radians(lat))
+        return (1 - e * e) * (
+            s / (1 - e * e * s * s) - math.log((1 - e * s) / (1 + e * s)) / (2 * e)
+        )
+
+    return a * a / 2 * math.radians(dlon) * abs(q(lat1) - q(lat0))
+
+
+def test_area_is_ground_square_metres_in_a_geographic_crs():
+    cell = shapely.box(10.0, 45.0, 10.01, 45.01)  # about 787 m x 1112 m at 45°N
+    (area,) = area_m2(np.array([cell]), CRS.from_epsg(4326))
+    assert area == pytest.approx(_ellipsoid_cell_area(45.0, 45.01, 0.01), rel=1e-6)
+    assert 850_000 < area < 900_000
+
+
+def test_area_is_corrected_for_projection_scale():
+    utm = shapely.box(500000, 4_000_000, 500100, 4_000_100)  # 100 m x 100 m at the central meridian
+    (a_utm,) = area_m2(np.array([utm]), CRS.from_epsg(32633))
+    assert a_utm == pytest.approx(1e4 / 0.9996**2, rel=1e-4)  # UTM's scale factor on the CM
+    # Web Mercator inflates lengths by 1/cos(lat): 100 "m" boxes at 60°N are 50 m on the ground
+    y60 = 6378137.0 * math.log(math.tan(math.pi / 4 + math.radians(60) / 2))
+    merc = shapely.box(0, y60, 100, y60 + 100)
+    (a_merc,) = area_m2(np.array([merc]), CRS.from_epsg(3857))
+    assert a_merc == pytest.approx(2500, rel=0.01)
+    assert np.isnan(area_m2(np.array([utm]), None)).all()
+
+
+def test_frame_filters_by_area_and_simplifies():
+    mask = np.zeros((30, 30), np.uint8)
+    mask[1:3, 1:3] = 1  # 4 px = 1 m² at 0.5 m
+    mask[10:25, 10:25] = 1
+    mask[10, 25] = 1  # a 1-px notch that simplify with a coarse tolerance removes
+    regions = vectorize_array(mask, np.full(mask.shape, 255, np.uint8))
+    t = Affine(0.5, 0, 500000, 0, -0.5, 4_000_000)
+    frame = regions_to_frame(regions, expression="x", transform=t, crs=CRS.from_epsg(32633),
+                             min_area=2.0, simplify=1.0)  # fmt: skip
+    assert len(frame) == 1 and frame.crs.to_epsg() == 32633
+    row = frame.iloc[0]
+    assert row["pixels"] == 15 * 15 + 1 and row["mean_prob"] == 1.0
+    assert row["area_m2"] == pytest.approx(226 * 0.25 / 0.9996**2, rel=1e-3)
+    assert shapely.get_num_coordinates(row.geometry) < 8
+
+
+@pytest.mark.parametrize("suffix", [".gpkg", ".geojson", ".parquet", ".shp", ".fgb"])
+def test_every_vector_format_round_trips_even_when_empty(tmp_path, suffix):
+    import geopandas as gpd
+
+    mask = np.zeros((8, 8), np.uint8)
+    mask[2:4, 2:6] = 1
+    t = Affine(1, 0, 0, 0, -1, 8)
+    for n, m in ((1, mask), (0, np.zeros_like(mask))):
+        frame = regions_to_frame(vectorize_array(m), expression="a ship", transform=t,
+                                 crs=CRS.from_epsg(32633))  # fmt: skip
+        path = tmp_path / f"out{n}{suffix}"
+        write_vectors(frame, path, dst_crs="EPSG:4326")
+        back = gpd.read_parquet(path) if suffix == ".parquet" else gpd.read_file(path)
+        assert len(back) == n and back.crs.to_epsg() == 4326
+        if n:
+            assert back.iloc[0]["expression"] == "a ship"
+            assert back.iloc[0]["pixels"] == 8
+
+
+@pytest.mark.parametrize("radius", [1, 2])
+@pytest.mark.parametrize("block", [1, 5, 16, 200])
+def test_streamed_opening_equals_whole_scene_opening(radius, block):
+    mask = blobs(70, 50, 3, 0.5)
+    mask[:, :3] = 255  # nodata stays nodata
+    structure = np.ones((2 * radius + 1,) * 2, bool)
+    expected = ndimage.binary_opening(mask == 1, structure).astype(np.uint8)
+    expected[mask == 255] = 255
+    opener = RowOpening(radius)
+    got = []
+    for y in range(0, 70, block):
+        rows = mask[None, y : y + block]
+        last = y + block >= 70
+        for m, _, _ in opener.push(rows, None, np.ones(rows.shape[1:], bool), last=last):
+            got.append(m[0])
+    assert np.array_equal(np.concatenate(got), expected)
+    assert (expected == 1).sum() < (mask == 1).sum()  # the opening did remove something

@@ -108,10 +108,12 @@ def make_rrsisd(root: Path, seed: int = 0, *, n_extra_train: int = 0) -> Path:
         12: [{"size": [H, W], "counts": "0X1hj1"}],
         13: [{"size": [H, W], "counts": runs_column_major(RRSISD_MASKS[13])}],
     }
+    category = {ann: cat for _, _, ann, cat, _, _ in RRSISD_REFS}
     anns = [
-        {"id": a, "image_id": 0, "categories_id": 0, "bbox": [0, 0, 1, 1], "segmentation": s}
+        {"id": a, "image_id": 0, "categories_id": category[a], "bbox": [0, 0, 1, 1],
+         "segmentation": s}
         for a, s in segs.items()
-    ]
+    ]  # fmt: skip
     cats = [
         {"id": i, "name": n}
         for i, n in enumerate(

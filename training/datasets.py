@@ -21,10 +21,11 @@ expressions); torch is loaded with the first sample.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -138,12 +139,20 @@ def is_archive(path: Path) -> bool:
 # --------------------------------------------------------------------------- file reading
 
 
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Silence PIL's warnings about damaged files: the decode error that follows is reported."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
+
+
 def read_rgb(path: Path) -> np.ndarray:
     """An 8-bit RGB image as uint8 HWC; grey or palette images are expanded to RGB."""
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(path) as img:
+        with _quiet(), Image.open(path) as img:
             if img.mode not in ("RGB", "RGBA", "L", "LA", "P", "1", "CMYK", "YCbCr"):
                 raise DataFileError(f"image {path} is {img.mode}; fiacli expects 8-bit RGB")
             return np.asarray(img.convert("RGB"))
@@ -183,7 +192,7 @@ def read_mask(path: Path, threshold: int = REFSEGRS_MASK_THRESHOLD) -> np.ndarra
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(path) as img:
+        with _quiet(), Image.open(path) as img:
             if img.mode not in ("L", "I", "I;16", "F"):
                 img = img.convert("L")
             return np.asarray(img) > threshold
@@ -198,7 +207,7 @@ def image_size(path: Path) -> tuple[int, int]:
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(path) as img:
+        with _quiet(), Image.open(path) as img:
             return img.height, img.width
     except FileNotFoundError:
         raise DataFileError(f"image not found: {path}") from None

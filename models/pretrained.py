@@ -126,6 +126,11 @@ def text_encoder_config(source: str) -> dict[str, Any]:
     return {k: data[k] for k in BERT_FIELDS if k in data}
 
 
+def require_text_encoder(source: str) -> None:
+    """Fail fast when the hub text encoder ``source`` must be downloaded and cannot be."""
+    require_hub(source, "config.json", what="text encoder", hint=_TEXT_HINT)
+
+
 def _read_weights(path: Path) -> dict[str, torch.Tensor]:
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file

@@ -17,6 +17,7 @@ from fiacli.models.pretrained import (
     check_backbone_file,
     load_text_encoder,
     require_swin_weights,
+    require_text_encoder,
     text_encoder_config,
     text_encoder_folder,
 )
@@ -92,9 +93,17 @@ def create_model(
     if text_encoder is not None:
         overrides["text_encoder"] = str(text_encoder)
     config = preset_config(name, **overrides)
-    load_swin = pretrained and name not in _NO_PRETRAINED_SWIN and backbone_weights is None
+    meta = str(device) == "meta"
+    load_swin = bool(pretrained) and name not in _NO_PRETRAINED_SWIN and backbone_weights is None
+    local_text = text_encoder_folder(config.text_encoder) is not None
+    load_text = not meta and (
+        bool(pretrained) or text_encoder is not None or (pretrained is None and local_text)
+    )
+    # check every download first: fail in milliseconds, not after building 250 M parameters
     if load_swin:
         require_swin_weights(config.swin_timm_name)
+    if load_text and not local_text:
+        require_text_encoder(config.text_encoder)
     weights = str(check_backbone_file(backbone_weights)) if backbone_weights else None
     try:
         model = FIANet(
@@ -103,9 +112,8 @@ def create_model(
     except (RuntimeError, OSError) as exc:
         if weights is None and not load_swin:
             raise
-        raise FiacliError(f"could not load the Swin backbone weights: {exc}") from exc
-    local_text = text_encoder_folder(config.text_encoder) is not None
-    wants_text = pretrained or text_encoder is not None or (pretrained is None and local_text)
-    if wants_text and str(device) != "meta":
+        first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else repr(exc)
+        raise FiacliError(f"could not load the Swin backbone weights: {first}") from exc
+    if load_text:
         load_text_encoder(model.text_encoder, config.text_encoder)
     return model

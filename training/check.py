@@ -33,13 +33,13 @@ from fiacli.training.datasets import (
     is_archive,
     parse_refs,
     read_instances,
-    read_mask,
     read_refs,
     read_refsegrs_split,
     refsegrs_tree,
     rrsisd_records,
     rrsisd_tree,
 )
+from fiacli.training.readers import read_mask
 from fiacli.training.rle import MaskSizeError, RLEError, decode, decode_segmentation
 
 from fiacli.errors import FiacliError

@@ -21,16 +21,15 @@ expressions); torch is loaded with the first sample.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from fiacli.training.readers import DataFileError, read_mask, read_rgb
 from fiacli.training.rle import MaskSizeError, RLEError, decode_segmentation
 
 from fiacli.errors import FiacliError
@@ -63,16 +62,11 @@ PUBLISHED_COUNTS: dict[str, dict[str, int]] = {
 RRSISD_REFS = Path("rrsisd", "refs(unc).p")
 RRSISD_INSTANCES = Path("rrsisd", "instances.json")
 RRSISD_IMAGES = Path("images", "rrsisd", "JPEGImages")
-REFSEGRS_MASK_THRESHOLD = 50
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
 
 
 class DatasetNotFoundError(FiacliError):
     """The data root does not hold the expected layout (message names the expected tree)."""
-
-
-class DataFileError(FiacliError):
-    """A file of the dataset is missing, unreadable or inconsistent with its partner."""
 
 
 def rrsisd_tree(root: Path) -> str:
@@ -134,85 +128,6 @@ def detect_layout(root: str | os.PathLike[str]) -> str:
 def is_archive(path: Path) -> bool:
     name = path.name.lower()
     return name.endswith((".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz"))
-
-
-# --------------------------------------------------------------------------- file reading
-
-
-@contextlib.contextmanager
-def _quiet() -> Iterator[None]:
-    """Silence PIL's warnings about damaged files: the decode error that follows is reported."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        yield
-
-
-def read_rgb(path: Path) -> np.ndarray:
-    """An 8-bit RGB image as uint8 HWC; grey or palette images are expanded to RGB."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with _quiet(), Image.open(path) as img:
-            if img.mode not in ("RGB", "RGBA", "L", "LA", "P", "1", "CMYK", "YCbCr"):
-                raise DataFileError(f"image {path} is {img.mode}; fiacli expects 8-bit RGB")
-            return np.asarray(img.convert("RGB"))
-    except FileNotFoundError:
-        raise DataFileError(f"image not found: {path}") from None
-    except UnidentifiedImageError:
-        if path.suffix.lower() in (".tif", ".tiff"):
-            return _read_tiff_rasterio(path)
-        raise DataFileError(f"cannot read image {path}: not an image PIL can decode") from None
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise DataFileError(f"cannot read image {path}: {exc}") from None
-
-
-def _read_tiff_rasterio(path: Path) -> np.ndarray:
-    """TIFF variants PIL does not decode (some GDAL compressions): read with rasterio."""
-    import rasterio
-    from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
-
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", NotGeoreferencedWarning)
-            with rasterio.open(path) as src:
-                if src.dtypes[0] != "uint8":
-                    raise DataFileError(f"image {path} is {src.dtypes[0]}; fiacli expects uint8")
-                bands = src.read(indexes=list(range(1, min(src.count, 3) + 1)))
-    except RasterioIOError as exc:
-        raise DataFileError(f"cannot read image {path}: {exc}") from None
-    if bands.shape[0] == 1:
-        bands = np.repeat(bands, 3, axis=0)
-    if bands.shape[0] != 3:
-        raise DataFileError(f"image {path} has {bands.shape[0]} bands; fiacli expects RGB")
-    return np.ascontiguousarray(bands.transpose(1, 2, 0))
-
-
-def read_mask(path: Path, threshold: int = REFSEGRS_MASK_THRESHOLD) -> np.ndarray:
-    """A RefSegRS mask as bool HW: foreground where the (grey) value is above ``threshold``."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with _quiet(), Image.open(path) as img:
-            if img.mode not in ("L", "I", "I;16", "F"):
-                img = img.convert("L")
-            return np.asarray(img) > threshold
-    except FileNotFoundError:
-        raise DataFileError(f"mask not found: {path}") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise DataFileError(f"cannot decode mask {path}: {exc}") from None
-
-
-def image_size(path: Path) -> tuple[int, int]:
-    """(height, width) from the file header, without decoding the pixels."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with _quiet(), Image.open(path) as img:
-            return img.height, img.width
-    except FileNotFoundError:
-        raise DataFileError(f"image not found: {path}") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise DataFileError(f"cannot read image {path}: {exc}") from None
 
 
 # --------------------------------------------------------------------------- index records
@@ -617,10 +532,10 @@ def load_expressions(dataset: str, root: Path, split: str) -> list[str]:
 
     ``fiacli parse --dataset … --data-root … --split …`` calls this.
     """
-    root = Path(root)
-    layout = detect_layout(root) if dataset == "auto" else dataset
     if dataset not in DATASET_NAMES:
         raise FiacliError(f"unknown dataset {dataset!r}; use one of {', '.join(DATASET_NAMES)}")
+    root = Path(root)
+    layout = detect_layout(root) if dataset == "auto" else dataset
     if layout == "refsegrs":
         verify_refsegrs(root)
         if not (root / f"output_phrase_{split}.txt").is_file():
@@ -645,8 +560,3 @@ def load_expressions(dataset: str, root: Path, split: str) -> list[str]:
     if not records:
         raise FiacliError(f"split {split!r} of {root} has no samples")
     return [r.expression for r in records]
-
-
-def published_counts(dataset: str) -> dict[str, int] | None:
-    """The published refs per split of ``dataset``, or None for custom/synthetic data."""
-    return PUBLISHED_COUNTS.get(dataset)

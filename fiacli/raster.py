@@ -56,14 +56,13 @@ def select_bands(ds: Any, bands: Sequence[int] | None) -> tuple[tuple[int, int, 
     band is repeated, because the model needs three channels and grey is better than nothing.
     """
     if ds.count == 0:
-        raise FiacliError(f"{ds.name} has no raster bands")
+        subs = list(getattr(ds, "subdatasets", []) or [])
+        hint = f"; open one of its subdatasets, e.g. {subs[0]}" if subs else ""
+        raise FiacliError(f"{ds.name} has no raster bands{hint}")
+    if bands is not None and max(bands) > ds.count:
+        plural = "band" if ds.count == 1 else "bands"
+        raise FiacliError(f"{ds.name} has {ds.count} {plural}; --bands asks for band {max(bands)}")
     if bands is not None:
-        missing = [b for b in bands if b > ds.count]
-        if missing:
-            plural = "band" if ds.count == 1 else "bands"
-            raise FiacliError(
-                f"{ds.name} has {ds.count} {plural}; --bands asks for band {missing[0]}"
-            )
         if len(bands) == 1:
             return (bands[0],) * 3, f"one band ({bands[0]}) given; repeating it as R, G and B"
         return (bands[0], bands[1], bands[2]), None
@@ -109,12 +108,13 @@ def _sample(ds: Any, indexes: Sequence[int], max_pixels: int) -> tuple[np.ndarra
         data = ds.read(uniq, out_shape=(len(uniq), *shape), resampling=Resampling.nearest)
         masks = ds.read_masks(uniq, out_shape=(len(uniq), *shape), resampling=Resampling.nearest)
         chunks, mchunks = [data.reshape(len(uniq), -1)], [masks.reshape(len(uniq), -1)]
-    else:
-        size, n = 256, 8
+    else:  # 8x8 windows, no larger than 1/8 of the scene so that they never overlap
+        n = 8
+        sx, sy = max(1, min(256, ds.width // n)), max(1, min(256, ds.height // n))
         chunks, mchunks = [], []
-        for y in np.linspace(0, ds.height - size, n).astype(int):
-            for x in np.linspace(0, ds.width - size, n).astype(int):
-                w = Window(int(x), int(y), size, size)
+        for y in np.linspace(0, ds.height - sy, n).astype(int):
+            for x in np.linspace(0, ds.width - sx, n).astype(int):
+                w = Window(int(x), int(y), sx, sy)
                 chunks.append(ds.read(uniq, window=w).reshape(len(uniq), -1))
                 mchunks.append(ds.read_masks(uniq, window=w).reshape(len(uniq), -1))
     data = np.concatenate(chunks, axis=1)
@@ -161,6 +161,7 @@ class Scene:
     stretch: Stretch | None
     georeferenced: bool
     warnings: list[str] = field(default_factory=list)
+    _valid_cache: bool | None = field(default=None, repr=False)
 
     @property
     def width(self) -> int:
@@ -189,8 +190,13 @@ class Scene:
         return rgb, valid
 
     def _all_valid(self) -> bool:
-        flags = self.dataset.mask_flag_enums
-        return all(flags[i - 1] == [MaskFlags.all_valid] for i in set(self.indexes))
+        """No nodata, mask or alpha on the bands used: validity needs no extra read."""
+        if self._valid_cache is None:
+            flags = self.dataset.mask_flag_enums
+            self._valid_cache = all(
+                flags[i - 1] == [MaskFlags.all_valid] for i in set(self.indexes)
+            )
+        return self._valid_cache
 
     def read(self, window: Window) -> tuple[np.ndarray, np.ndarray]:
         """RGB uint8 ``(3, h, w)`` with nodata pixels set to :data:`FILL_RGB`, and validity."""

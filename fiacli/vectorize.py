@@ -323,10 +323,13 @@ def write_vectors(frame: Any, path: str | os.PathLike[str], *, dst_crs: Any = No
         return
     if suffix not in VECTOR_DRIVERS:
         raise FiacliError(f"unknown vector format {suffix!r}")
-    frame.to_file(
-        path,
-        driver=VECTOR_DRIVERS[suffix],
-        engine="pyogrio",
-        layer="polygons" if suffix == ".gpkg" else None,
-        geometry_type="Polygon",
-    )
+    with warnings.catch_warnings():
+        # pixel-coordinate polygons (--allow-ungeoreferenced) have no CRS on purpose
+        warnings.filterwarnings("ignore", message=".*crs.* not provided", category=UserWarning)
+        frame.to_file(
+            path,
+            driver=VECTOR_DRIVERS[suffix],
+            engine="pyogrio",
+            layer="polygons" if suffix == ".gpkg" else None,
+            geometry_type="Polygon",
+        )

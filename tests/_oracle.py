@@ -7,6 +7,7 @@ tiling, blending and stitching pipeline must reproduce.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ from typing import Any
 import numpy as np
 import rasterio
 from affine import Affine
+from rasterio.errors import NotGeoreferencedWarning
 from scipy import ndimage
 
 CHANNELS = {"red": 0, "green": 1, "blue": 2}
@@ -30,9 +32,9 @@ class Oracle:
     """``ChipPredictor`` double: probability = channel / 255 (optionally box-filtered).
 
     The expression picks the channel ("red", "green", "blue"; red by default). ``radius`` > 0
-    averages over a (2r+1)² box clamped at the chip border, so chip borders *differ* from the
-    whole-scene result, like a real model's context effects. "left"/"right" zero the other half
-    of the image the model sees, unless encoded with ``drop_position``.
+    averages over a (2r+1)² box with the chip's edge pixels repeated, so chip borders *differ*
+    from the whole-scene result, like a real model's context effects. "left"/"right" zero the
+    other half of the image the model sees, unless encoded with ``drop_position``.
     """
 
     image_size: int = 64
@@ -54,10 +56,7 @@ class Oracle:
             raise self.fail_with()
         assert chips.dtype == np.uint8 and chips.ndim == 4 and chips.shape[1] == 3
         self.batches.append(chips.shape)
-        p = chips[:, encoded.channel].astype(np.float32) / 255.0
-        if self.radius:
-            p = ndimage.uniform_filter(p, size=(1, 2 * self.radius + 1, 2 * self.radius + 1),
-                                       mode="nearest")  # fmt: skip
+        p = np.stack([box_mean(c, self.radius) for c in chips[:, encoded.channel]])
         half = p.shape[2] // 2
         if encoded.side == "left":
             p[:, :, half:] = 0
@@ -73,10 +72,16 @@ class Oracle:
 def whole_scene(rgb: np.ndarray, expression: str = "red", radius: int = 0) -> np.ndarray:
     """What the oracle gives when it sees the whole scene ``(3, H, W)`` at once."""
     channel = next((CHANNELS[w] for w in expression.split() if w in CHANNELS), 0)
-    p = rgb[channel].astype(np.float32) / 255.0
-    if radius:
-        p = ndimage.uniform_filter(p, size=2 * radius + 1, mode="nearest")
-    return p
+    return box_mean(rgb[channel], radius)
+
+
+def box_mean(channel: np.ndarray, radius: int) -> np.ndarray:
+    """Mean of a (2r+1)² box (edges repeated) / 255, summed in integers: bit-exact anywhere."""
+    k = 2 * radius + 1
+    padded = np.pad(channel.astype(np.int64), radius, mode="edge")
+    h, w = channel.shape
+    total = sum(padded[dy : dy + h, dx : dx + w] for dy in range(k) for dx in range(k))
+    return (total / (k * k * 255.0)).astype(np.float32)
 
 
 UTM_TRANSFORM = Affine(0.5, 0, 500000.0, 0, -0.5, 4100000.0)
@@ -98,8 +103,10 @@ def write_tif(
                    crs=crs, transform=transform, nodata=nodata, **extra)  # fmt: skip
     if tiled:
         profile.update(tiled=True, blockxsize=256, blockysize=256, compress="deflate")
-    with rasterio.open(path, "w", **profile) as ds:
-        ds.write(data)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        with rasterio.open(path, "w", **profile) as ds:
+            ds.write(data)
     return path
 
 
@@ -113,5 +120,7 @@ def random_rgb(height: int, width: int, seed: int = 0) -> np.ndarray:
 
 
 def read(path: Path, band: int | None = None) -> np.ndarray:
-    with rasterio.open(path) as ds:
-        return ds.read(band) if band else ds.read()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        with rasterio.open(path) as ds:
+            return ds.read(band) if band else ds.read()

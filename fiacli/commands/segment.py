@@ -109,7 +109,10 @@ def register(app: typer.Typer) -> None:
         chip: Annotated[
             int | None, typer.Option(help="Chip side in pixels. [default: the model's, 480]")
         ] = None,
-        overlap: Annotated[int, typer.Option(help="Pixels shared by neighbouring chips.")] = 96,
+        overlap: Annotated[
+            int | None,
+            typer.Option(help="Pixels shared by neighbouring chips. [default: chip/5, 96 at 480]"),
+        ] = None,
         blend: Annotated[
             Blend,
             typer.Option(help="cosine-weighted average, each chip's centre only, or plain mean."),

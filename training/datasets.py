@@ -399,7 +399,6 @@ class RRSISD(ReferringDataset):
         self.records = rrsisd_records(self.root, split, refs, self.categories)
         needed = {r.mask_source for r in self.records}
         self._anns = {k: v for k, v in coco["anns"].items() if k in needed}
-        self._images = coco["images"]
         self._check_split({r["split"] for r in parse_refs(raw)[0]}, rrsisd_tree(self.root))
 
     def annotation(self, index: int) -> dict[str, Any]:

@@ -271,6 +271,7 @@ def open_scene(
             src = rasterio.open(path)
     except RasterioIOError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unknown format"
+        first = first.replace(f"'{path}' ", "").replace(f"{path}: ", "")  # GDAL repeats the path
         raise FiacliError(f"cannot read {path} as a raster: {first}") from None
     try:
         return _prepare(src, path, bands, resolution, allow_ungeoreferenced, stretch)

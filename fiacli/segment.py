@@ -80,6 +80,9 @@ def load_predictor(
     """The FIANet predictor of a fiacli checkpoint, with clear errors for the usual mistakes."""
     if model is None:
         raise UsageError("no model given: pass -m MODEL.safetensors (a fiacli checkpoint)")
+    from fiacli.device import autocast, resolve_device
+
+    autocast(resolve_device(device), precision)  # bad --device/--precision: say so first
     path = Path(model)
     if not path.is_file():
         raise FiacliError(f"model not found: {path}")

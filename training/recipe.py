@@ -22,7 +22,16 @@ DATASETS = ("rrsisd", "refsegrs", "synth")
 
 # Values a resumed run may change: they alter how the run executes, not what it computes.
 RUNTIME_KEYS = frozenset(
-    {"device", "num_workers", "max_steps", "time_budget", "tensorboard", "log_every"}
+    {
+        "device",
+        "num_workers",
+        "max_steps",
+        "time_budget",
+        "tensorboard",
+        "log_every",
+        "output",
+        "data_root",
+    }
 )
 
 
@@ -50,6 +59,7 @@ class TrainConfig:
     # model
     num_tmem: int = 3
     drop_path: float = 0.3
+    pretrained: bool = True  # ImageNet Swin + pretrained text encoder (fianet-tiny: text only)
     backbone_weights: str | None = None
     text_encoder: str | None = None
     freeze_text_encoder: bool = False

@@ -247,3 +247,10 @@ def test_cli_synth_table(run_cli, tmp_path):
     assert r.exit_code == 0, r.stderr
     assert "train" in r.stdout and "position-only" in r.stdout
     assert "fiacli train --dataset synth" in r.stderr
+
+
+def test_cli_help_lists_every_class(run_cli):
+    r = run_cli("data", "synth", "--help")
+    assert r.exit_code == 0
+    text = " ".join(r.stdout.replace("│", " ").split())
+    assert all(c in text for c in SYNTH_CLASSES)

@@ -127,7 +127,9 @@ def register(app: typer.Typer) -> None:
             list[str] | None,
             typer.Option(
                 "--objects",
-                help="Object classes (comma-separated or repeated); default: all seven.",
+                metavar="CLASSES",
+                help="Object classes, comma-separated or repeated; default: all of storage tank, "
+                "vehicle, airplane, ship, tennis court, ground track field, baseball field.",
             ),
         ] = None,
         refs_per_scene: Annotated[

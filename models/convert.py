@@ -130,6 +130,18 @@ def _preview(keys: list[str], n: int = 8) -> str:
     return ", ".join(keys[:n]) + (f", … ({len(keys) - n} more)" if len(keys) > n else "")
 
 
+# the released 1×1 Conv1d layers are Linear layers in fiacli: (C_out, C_in, 1) ↔ (C_out, C_in)
+_CONV1D = re.compile(r".*\.(f_query|f_key|f_value|W|vis_project|project_mm)\.0\.weight")
+
+
+def _from_released(name: str, tensor: torch.Tensor) -> torch.Tensor:
+    return tensor.squeeze(-1) if _CONV1D.fullmatch(name) else tensor
+
+
+def _to_released(name: str, tensor: torch.Tensor) -> torch.Tensor:
+    return tensor.unsqueeze(-1) if _CONV1D.fullmatch(name) else tensor
+
+
 def released_to_fiacli(
     state: Mapping[str, torch.Tensor], config: FIANetConfig, model_keys: list[str]
 ) -> dict[str, torch.Tensor]:
@@ -150,14 +162,18 @@ def released_to_fiacli(
         value = state[key]
         if value.device.type != "meta" and not torch.equal(value.cpu(), reference):
             raise FiacliError(f"{key} is not the standard Swin relative position index")
-    return {expected[name]: tensor for name, tensor in state.items() if name in expected}
+    return {
+        expected[name]: _from_released(name, tensor)
+        for name, tensor in state.items()
+        if name in expected
+    }
 
 
 def fiacli_to_released(
     state: Mapping[str, torch.Tensor], config: FIANetConfig
 ) -> dict[str, torch.Tensor]:
     """fiacli state_dict → released key names (plus the released ``relative_position_index``)."""
-    out = {released_key(k): v for k, v in state.items()}
+    out = {(name := released_key(k)): _to_released(name, v) for k, v in state.items()}
     index = _rel_pos_index(config.window_size)
     for key in _rel_pos_keys(config):
         out[key] = index.clone()

@@ -1,7 +1,7 @@
 """Fine-grained Image-text Alignment Module (FIAM) and its parts, computed as released.
 
 Visual features are token sequences ``(B, L, C)`` with ``L = H*W`` (row-major); language features
-are ``(B, D, N)`` (BERT's last hidden state transposed) with a 0/1 mask ``(B, N)``.
+are BERT's last hidden states ``(B, N, D)`` with a 0/1 mask ``(B, N)``.
 
 Order of the file follows the data flow: the image→language attention shared by every branch, the
 tanh gate, LAVT's pixel-word attention (PWAM), channel modulation, the object-position block (OPAB),
@@ -15,13 +15,23 @@ import torch.nn.functional as F
 from torch import nn
 
 
+def instance_norm(x: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """``InstanceNorm1d`` (no affine, no running stats) on tokens ``(B, L, C)``: each channel
+    normalised over the L pixels, without transposing to ``(B, C, L)``."""
+    var, mean = torch.var_mean(x, dim=1, keepdim=True, correction=0)
+    return (x - mean) * torch.rsqrt(var + eps)
+
+
 class ImageLanguageAttention(nn.Module):
     """Each pixel attends over the words (LAVT's ``SpatialImageLanguageAttention``).
 
-    query = InstanceNorm(Conv1d(x)); key, value = Conv1d(lang) * mask; scores scaled by
-    ``key_dim ** -0.5`` (the full key width, as released), padded words pushed down by
-    ``1e4 * mask - 1e4``; output = InstanceNorm(Conv1d(attention @ value)). An all-zero mask gives
+    query = InstanceNorm(W_q x); key, value = (W_k, W_v) lang * mask; scores scaled by
+    ``dim ** -0.5`` (the full key width, as released), padded words pushed down by
+    ``1e4 * mask - 1e4``; output = InstanceNorm(W_o (attention @ value)). An all-zero mask gives
     zero values, so the branch falls silent (InstanceNorm then maps the constant map to ~0).
+
+    The released 1×1 ``Conv1d`` layers are ``Linear`` layers here (the converter reshapes their
+    weights), so everything runs on ``(B, L, C)`` tokens without transposes.
 
     Args:
         dim: visual channels C (also the key and value width, as in every released use).
@@ -37,28 +47,22 @@ class ImageLanguageAttention(nn.Module):
             )
         self.num_heads = num_heads
         self.scale = dim**-0.5
-        self.query = nn.Conv1d(dim, dim, 1)
-        self.query_norm = nn.InstanceNorm1d(dim)
-        self.key = nn.Conv1d(text_dim, dim, 1)
-        self.value = nn.Conv1d(text_dim, dim, 1)
-        self.out = nn.Conv1d(dim, dim, 1)
-        self.out_norm = nn.InstanceNorm1d(dim)
+        self.query = nn.Linear(dim, dim)
+        self.key = nn.Linear(text_dim, dim)
+        self.value = nn.Linear(text_dim, dim)
+        self.out = nn.Linear(dim, dim)
 
     def forward(self, x: torch.Tensor, lang: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """x ``(B, L, C)``, lang ``(B, D, N)``, mask ``(B, N)`` → ``(B, L, C)``."""
+        """x ``(B, L, C)``, lang ``(B, N, D)``, mask ``(B, N)`` → ``(B, L, C)``."""
         B, L, C = x.shape
         h = self.num_heads
-        mask = mask.to(x.dtype)[:, None, :]  # (B, 1, N)
-        query = self.query_norm(self.query(x.transpose(1, 2)))  # (B, C, L)
-        key = self.key(lang) * mask  # (B, C, N)
-        value = self.value(lang) * mask
-        query = query.reshape(B, h, C // h, L).transpose(-1, -2)  # (B, h, L, C/h)
-        key = key.reshape(B, h, C // h, -1)  # (B, h, C/h, N)
-        value = value.reshape(B, h, C // h, -1).transpose(-1, -2)  # (B, h, N, C/h)
-        scores = (query @ key) * self.scale + (1e4 * mask[:, None] - 1e4)
-        out = scores.softmax(dim=-1) @ value  # (B, h, L, C/h)
-        out = out.transpose(-1, -2).reshape(B, C, L)
-        return self.out_norm(self.out(out)).transpose(1, 2)
+        mask = mask.to(x.dtype)[:, None, :, None]  # (B, 1, N, 1)
+        query = instance_norm(self.query(x)).view(B, L, h, C // h).transpose(1, 2)
+        key = self.key(lang).view(B, -1, h, C // h).transpose(1, 2) * mask  # (B, h, N, C/h)
+        value = self.value(lang).view(B, -1, h, C // h).transpose(1, 2) * mask
+        scores = (query @ key.transpose(-1, -2)) * self.scale + (1e4 * mask.transpose(-1, -2) - 1e4)
+        out = (scores.softmax(dim=-1) @ value).transpose(1, 2).reshape(B, L, C)
+        return instance_norm(self.out(out))
 
 
 class TanhGate(nn.Module):
@@ -74,21 +78,20 @@ class TanhGate(nn.Module):
 
 
 class PWAM(nn.Module):
-    """LAVT's pixel-word attention: ``GELU(Conv(GELU(Conv(x)) * attention(x, lang)))``.
+    """LAVT's pixel-word attention: ``GELU(W_mm (GELU(W_v x) * attention(x, lang)))``.
 
     FIAM uses it as the *context alignment* with the whole sentence.
     """
 
     def __init__(self, dim: int, text_dim: int, num_heads: int = 1):
         super().__init__()
-        self.vis_project = nn.Conv1d(dim, dim, 1)
+        self.vis_project = nn.Linear(dim, dim)
         self.attention = ImageLanguageAttention(dim, text_dim, num_heads)
-        self.project_mm = nn.Conv1d(dim, dim, 1)
+        self.project_mm = nn.Linear(dim, dim)
 
     def forward(self, x: torch.Tensor, lang: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        vis = F.gelu(self.vis_project(x.transpose(1, 2)))  # (B, C, L)
-        attended = self.attention(x, lang, mask).transpose(1, 2)
-        return F.gelu(self.project_mm(vis * attended)).transpose(1, 2)
+        vis = F.gelu(self.vis_project(x))
+        return F.gelu(self.project_mm(vis * self.attention(x, lang, mask)))
 
 
 class ChannelModulation(nn.Module):
@@ -209,7 +212,7 @@ class FIAM(nn.Module):
     def forward(
         self, x: torch.Tensor, size: tuple[int, int], text: dict[str, torch.Tensor]
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """x ``(B, L, C)``; ``text`` holds ``context/object/position`` ``(B, D, N)`` and masks.
+        """x ``(B, L, C)``; ``text`` holds ``context/object/position`` ``(B, N, D)`` and masks.
 
         Returns ``(fused, x_res)``, both ``(B, L, C)``.
         """

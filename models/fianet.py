@@ -242,9 +242,9 @@ class FIANet(nn.Module):
         """The four decoder inputs ``(B, C_i, H/4/2^i, W/4/2^i)`` (after TMEM when enabled)."""
         dtype = image.dtype
         text = {
-            "context": feats.context.transpose(1, 2).to(dtype),
-            "object": feats.object.transpose(1, 2).to(dtype),
-            "position": feats.position.transpose(1, 2).to(dtype),
+            "context": feats.context.to(dtype),
+            "object": feats.object.to(dtype),
+            "position": feats.position.to(dtype),
             "context_mask": feats.context_mask,
             "object_mask": feats.object_mask,
             "position_mask": feats.position_mask,

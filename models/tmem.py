@@ -95,7 +95,7 @@ class TMEM(nn.Module):
     def forward(
         self, feats: list[torch.Tensor], lang: torch.Tensor, mask: torch.Tensor
     ) -> list[torch.Tensor]:
-        """feats: stage maps ``(B, C_i, H_i, W_i)``; lang ``(B, D, N)``; mask ``(B, N)``."""
+        """feats: stage maps ``(B, C_i, H_i, W_i)``; lang ``(B, N, D)``; mask ``(B, N)``."""
         size = feats[-1].shape[-2:]
         z = self.down_channel(torch.cat([F.adaptive_avg_pool2d(f, size) for f in feats], dim=1))
         shape = z.shape

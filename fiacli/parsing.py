@@ -207,10 +207,15 @@ def nltk_words(text: str) -> tuple[list[str], list[tuple[int, int]]]:
     ``word_tokenize(text, preserve_line=True)``. Only a full stop *inside* the text differs:
     punkt would split "car. it" into two sentences and make "car" and "." separate tokens.
     """
+    from nltk.tokenize.util import align_tokens
+
     tokenizer = _word_tokenizer()
     words = tokenizer.tokenize(text)
     try:
-        spans = list(tokenizer.span_tokenize(text))
+        if '"' in text or "``" in text or "''" in text:  # the tokenizer rewrites quotes
+            spans = list(tokenizer.span_tokenize(text))
+        else:
+            spans = align_tokens(words, text)
     except ValueError:  # alignment failed on exotic quoting; fall back to a left-to-right search
         spans = []
     if len(spans) != len(words):
@@ -261,6 +266,12 @@ class _Encoding:
 
 
 def _encode(text: str, settings: ParseSettings) -> _Encoding:
+    """Token ids within the budget and the text that did not fit.
+
+    fiacli mode keeps ``[SEP]`` last; released mode cuts like the released loader
+    (``input_ids[:max_tokens]``), so a long sentence loses its ``[SEP]``, and one exactly one token
+    too long loses only that (no words: ``truncated`` stays None).
+    """
     from fiacli.tokenizer import load_tokenizer
 
     tokenizer = load_tokenizer(settings.tokenizer)

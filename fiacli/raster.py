@@ -385,7 +385,9 @@ class RasterRowWriter:
         if tags:
             self.ds.update_tags(**tags)
         self.buf = np.empty((count, min(TILE, height), width), np.uint8)
-        self.mbuf = np.empty((min(TILE, height), width), np.uint8) if internal_mask else None
+        # validity, 8 pixels a byte: the mask band costs 1/8 of a band in memory
+        rows = min(TILE, height)
+        self.mbuf = np.empty((rows, -(-width // 8)), np.uint8) if internal_mask else None
         self.y0 = 0  # first row held in the buffer
         self.filled = 0
 
@@ -397,8 +399,8 @@ class RasterRowWriter:
             take = min(rows.shape[1] - done, end - self.y0 - self.filled)
             self.buf[:, self.filled : self.filled + take] = rows[:, done : done + take]
             if self.mbuf is not None and valid is not None:
-                self.mbuf[self.filled : self.filled + take] = np.where(
-                    valid[done : done + take], 255, 0
+                self.mbuf[self.filled : self.filled + take] = np.packbits(
+                    valid[done : done + take], axis=1
                 )
             self.filled += take
             done += take
@@ -411,7 +413,12 @@ class RasterRowWriter:
         window = Window(0, self.y0, self.width, self.filled)
         self.ds.write(self.buf[:, : self.filled], window=window)
         if self.mbuf is not None:
-            self.ds.write_mask(self.mbuf[: self.filled], window=window)
+            for a in range(0, self.filled, 64):
+                b = min(a + 64, self.filled)
+                bits = np.unpackbits(self.mbuf[a:b], axis=1, count=self.width)
+                self.ds.write_mask(
+                    bits * np.uint8(255), window=Window(0, self.y0 + a, self.width, b - a)
+                )
         self.y0 += self.filled
         self.filled = 0
 

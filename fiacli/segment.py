@@ -56,8 +56,8 @@ from fiacli.vectorize import (
 RASTER_SUFFIXES = (".tif", ".tiff")
 SCOPES = ("chip", "scene")
 SCENE_MARGIN = 4  # coarse-pass pixels added around the region found in scene scope
-GDAL_CACHE_MB = 32  # input blocks for the chips in flight; more only grows with scene width
-FLUSH_ROWS = 128  # rows thresholded at a time (bounds the temporaries)
+GDAL_CACHE_MB = 16  # input blocks of the chips in flight; a bigger cache only grows with width
+FLUSH_ROWS = 64  # rows thresholded at a time (bounds the temporaries)
 OVERLAP_SHARE = 0.2  # default overlap: 96 px of a 480-px chip
 
 
@@ -248,16 +248,19 @@ class _Sinks:
         self.seconds = 0.0
 
     def write(self, block: np.ndarray, *, last: bool) -> None:
+        """Consume final rows ``(bands, h, width)`` (NaN = nodata); ``block`` is overwritten."""
         t0 = time.perf_counter()
         h = block.shape[1]
         for s in range(0, h, FLUSH_ROWS):
             sub = block[:, s : s + FLUSH_ROWS]
             valid = ~np.isnan(sub[0])
-            mask = (sub > self.threshold).astype(np.uint8)
+            mask = np.greater(sub, self.threshold).view(np.uint8)  # NaN compares False
             mask[:, ~valid] = 255
             prob = None
-            if self.need_prob:
-                prob = np.rint(np.nan_to_num(sub) * 255).astype(np.uint8)
+            if self.need_prob:  # in place: no float temporaries the size of the block
+                np.nan_to_num(sub, copy=False, nan=0.0)
+                np.rint(np.multiply(sub, 255, out=sub), out=sub)
+                prob = sub.astype(np.uint8)
             if self.opening is None:
                 self._emit(mask, prob, valid)
             else:

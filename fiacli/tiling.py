@@ -124,14 +124,17 @@ class ChipGrid:
 class RowStitcher:
     """Blends chip probabilities into scene rows, holding only one chip row of the scene.
 
-    Memory: ``bands x chip x width`` float32. Pixels no chip marked valid stay NaN (nodata).
+    Memory: ``bands x chip x width`` float32 (float16 would halve it but adds a rounding before
+    the uint8 output, so crop blending would no longer be exact). Pixels no chip marked valid
+    stay NaN (nodata).
     """
 
-    def __init__(self, grid: ChipGrid, bands: int, blend: Blend = "cosine") -> None:
+    def __init__(self, grid: ChipGrid, bands: int, blend: Blend = "cosine",
+                 dtype: type = np.float32) -> None:  # fmt: skip
         self.grid, self.bands = grid, bands
         self.wy = axis_weights(grid.height, grid.chip, grid.ys, blend)
         self.wx = axis_weights(grid.width, grid.chip, grid.xs, blend)
-        self.acc = np.full((bands, grid.chip_h, grid.width), np.nan, np.float32)
+        self.acc = np.full((bands, grid.chip_h, grid.width), np.nan, dtype)
         self.top = 0  # scene row of acc[:, 0]
         self._shift = 0  # rows handed out by the last add(), dropped at the next one
         self._next = (0, 0)  # chips must come in row-major order
@@ -142,13 +145,16 @@ class RowStitcher:
         """Blend one chip; ``probs`` (bands, h, w) in [0, 1], None when no pixel is valid.
 
         Returns ``(first_row, rows)`` when this chip completes a chip row: ``rows`` (bands, n,
-        width) is a view that stays valid until the next call; NaN marks nodata.
+        width) is a view that stays valid until the next call (the caller may overwrite it);
+        NaN marks nodata.
         """
         if (chip.row, chip.col) != self._next:
             raise ValueError(f"chip {chip.row},{chip.col} out of order; expected {self._next}")
-        if self._shift:
-            keep = self.acc.shape[1] - self._shift
-            self.acc[:, :keep] = self.acc[:, self._shift :]
+        if self._shift:  # drop the rows handed out; copy in non-overlapping runs (no temporary)
+            keep, n = self.acc.shape[1] - self._shift, self._shift
+            for a in range(0, keep, n):
+                b = min(a + n, keep)
+                self.acc[:, a:b] = self.acc[:, a + n : b + n]
             self.acc[:, keep:] = np.nan
             self.top += self._shift
             self._shift = 0

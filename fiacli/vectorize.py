@@ -64,7 +64,7 @@ class StreamingVectorizer:
     ``O(window_pixels)`` whatever the scene size.
     """
 
-    def __init__(self, width: int, *, window_pixels: int = 1 << 21, min_rows: int = 64) -> None:
+    def __init__(self, width: int, *, window_pixels: int = 1 << 20, min_rows: int = 64) -> None:
         self.width = width
         self.rows = max(min_rows, window_pixels // max(width, 1))
         self.mask = np.zeros((self.rows, width), bool)
@@ -139,8 +139,10 @@ class StreamingVectorizer:
             return
         mask, y0 = self.mask[:h], self.y
         labels, n = ndimage.label(mask, structure=FOUR)
-        pixels = np.bincount(labels.ravel(), minlength=n + 1)
-        probs = np.bincount(labels.ravel(), weights=self.prob[:h].ravel(), minlength=n + 1)
+        fg = labels[mask]  # counting over foreground only keeps the temporaries small
+        pixels = np.bincount(fg, minlength=n + 1)
+        probs = np.bincount(fg, weights=self.prob[:h][mask], minlength=n + 1)
+        del fg
         top = np.unique(labels[0]) if self.prev_row is not None else np.zeros(1, np.int32)
         bottom = np.unique(labels[-1])
         edge = np.zeros(n + 1, bool)

@@ -1,0 +1,249 @@
+"""Benchmarks for ``fiacli segment``: pipeline overhead, peak memory vs scene size, vectorisation.
+
+    python bench/segment.py                  # all three, full sizes (tens of minutes on 2 CPUs)
+    python bench/segment.py --quick          # smaller scenes, a few minutes
+    python bench/segment.py --only overhead  # or memory, vector
+
+Figures are ratios measured within one run, so a shared, noisy machine affects them less than
+absolute times; the load average is printed alongside.
+
+* overhead: end-to-end ``segment_raster`` time / pure model time on the same chips, same process
+  (target <= 1.10). Model: a random-weight ``fianet-tiny`` on CPU (``--model numpy`` for a
+  quick check of the plumbing with a near-free model, where the ratio is meaningless).
+* memory: peak RSS of a 20,000² scene / peak RSS of a 2,000² scene, each in a fresh subprocess
+  (target <= 1.15). The model is a numpy one (p = red / 255): fianet-tiny on the 2,704 chips of
+  a 20,000² scene takes hours on this CPU, and its own ~1.4 GB of weights and activations would
+  only dilute the ratio. Scenes are generated window by window, DEFLATE-compressed.
+* vector: seconds to vectorise a 10,000² mask with many objects, window by window, and a check
+  that the result equals GDAL's whole-scene polygonize.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import rasterio
+from affine import Affine
+from rasterio.windows import Window
+
+HERE = Path(__file__).resolve()
+
+
+class NumpyModel:
+    """A near-free ChipPredictor: probability = red / 255."""
+
+    image_size = 480
+
+    def encode(self, expression: str, *, drop_position: bool = False) -> str:
+        return expression
+
+    def predict(self, chips: np.ndarray, encoded: str) -> np.ndarray:
+        return chips[:, 0].astype(np.float32) / 255.0
+
+
+def load_model(kind: str, folder: Path):
+    if kind == "numpy":
+        return NumpyModel()
+    import torch
+
+    from fiacli.models import create_model, save_checkpoint
+    from fiacli.parsing import ParseSettings
+    from fiacli.predictor import RefSegPredictor
+
+    torch.manual_seed(0)
+    path = save_checkpoint(folder / "tiny.safetensors", create_model("fianet-tiny"),
+                           {"parse": ParseSettings().to_dict()})  # fmt: skip
+    return RefSegPredictor.from_checkpoint(path, device="cpu")
+
+
+def make_scene(path: Path, size: int, *, seed: int = 0, bright_share: float = 0.01) -> Path:
+    """An RGB scene of 64-px cells with random colours; ``bright_share`` of them are bright red.
+
+    Written in 512-row strips (memory stays small), tiled and DEFLATE-compressed (disk too).
+    """
+    rng = np.random.default_rng(seed)
+    cell = 64
+    cells = -(-size // cell)
+    profile = dict(driver="GTiff", width=size, height=size, count=3, dtype="uint8",
+                   crs="EPSG:32633", transform=Affine(0.5, 0, 500000, 0, -0.5, 4_200_000),
+                   tiled=True, blockxsize=512, blockysize=512, compress="deflate",
+                   predictor=2, BIGTIFF="IF_SAFER")  # fmt: skip
+    with rasterio.open(path, "w", **profile) as ds:
+        for y0 in range(0, size, 512):
+            h = min(512, size - y0)
+            rows = np.arange(y0, y0 + h) // cell
+            colours = rng.integers(0, 120, (3, cells, cells), dtype=np.uint8)
+            bright = rng.random((cells, cells)) < bright_share
+            colours[0][bright] = 230
+            strip = colours[:, rows][:, :, np.arange(size) // cell]
+            ds.write(strip, window=Window(0, y0, size, h))
+    return path
+
+
+def rss_mb(field: str = "VmHWM") -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def load_average() -> str:
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
+def bench_overhead(size: int, kind: str, folder: Path) -> dict:
+    from fiacli.raster import open_scene
+    from fiacli.segment import segment_raster
+    from fiacli.tiling import ChipGrid, ChipReader
+
+    model = load_model(kind, folder)
+    scene = make_scene(folder / f"overhead{size}.tif", size, bright_share=0.05)
+    text = "the red roof on the left"
+    encoded = model.encode(text)
+    with open_scene(scene) as sc:
+        grid = ChipGrid(sc.height, sc.width, model.image_size, 96)
+        with ChipReader(sc, grid, 4) as reader:
+            batches = [b.pixels for b in reader]
+    model.predict(batches[0][:1], encoded)  # warm-up (first-call allocations)
+
+    def pure() -> float:
+        t0 = time.perf_counter()
+        for pixels in batches:
+            model.predict(pixels, encoded)
+        return time.perf_counter() - t0
+
+    t_pure1 = pure()
+    t0 = time.perf_counter()
+    result = segment_raster(scene, text, [folder / "o.tif", folder / "o.gpkg"], predictor=model,
+                            overwrite=True, batch_size=4)  # fmt: skip
+    t_e2e = time.perf_counter() - t0
+    t_pure2 = pure()
+    t_pure = (t_pure1 + t_pure2) / 2
+    return {
+        "scene": f"{size}x{size}",
+        "model": kind,
+        "chips": len(grid),
+        "pure_model_s": [round(t_pure1, 2), round(t_pure2, 2)],
+        "end_to_end_s": round(t_e2e, 2),
+        "overhead_ratio": round(t_e2e / t_pure, 3),
+        "pipeline_timings_s": result.timings_s,
+        "load_average": load_average(),
+    }
+
+
+def child_memory(scene: str, out: str, kind: str) -> None:
+    """Runs in a fresh interpreter: one segmentation, then report RSS figures as JSON."""
+    from fiacli.segment import segment_raster
+
+    folder = Path(out).parent
+    model = load_model(kind, folder)
+    before = rss_mb("VmRSS")
+    t0 = time.perf_counter()
+    result = segment_raster(scene, "the red roof", [out, out.replace(".tif", ".gpkg")],
+                            predictor=model, overwrite=True)  # fmt: skip
+    print(json.dumps({"rss_before_mb": round(before, 1), "peak_rss_mb": round(rss_mb(), 1),
+                      "seconds": round(time.perf_counter() - t0, 1),
+                      "polygons": result.per_expression[0]["polygons"]}))  # fmt: skip
+
+
+def bench_memory(sizes: tuple[int, int], kind: str, folder: Path) -> dict:
+    runs = {}
+    for size in sizes:
+        t0 = time.perf_counter()
+        scene = make_scene(folder / f"mem{size}.tif", size)
+        made = time.perf_counter() - t0
+        cmd = [sys.executable, str(HERE), "--_child", str(scene), str(folder / f"mem{size}-o.tif"),
+               "--model", kind]  # fmt: skip
+        out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+        runs[size] = {**json.loads(out.strip().splitlines()[-1]), "generate_s": round(made, 1),
+                      "scene_file_mb": round(scene.stat().st_size / 2**20, 1)}  # fmt: skip
+        scene.unlink()
+    small, large = sizes
+    return {
+        "model": kind,
+        "runs": {f"{s}x{s}": r for s, r in runs.items()},
+        "peak_rss_ratio": round(runs[large]["peak_rss_mb"] / runs[small]["peak_rss_mb"], 3),
+        "load_average": load_average(),
+    }
+
+
+def bench_vector(size: int, folder: Path) -> dict:
+    import rasterio.features
+    import shapely
+    from scipy import ndimage
+
+    from fiacli.vectorize import vectorize_raster
+
+    rng = np.random.default_rng(1)
+    path = folder / f"mask{size}.tif"
+    profile = dict(driver="GTiff", width=size, height=size, count=1, dtype="uint8",
+                   crs="EPSG:32633", transform=Affine(0.5, 0, 500000, 0, -0.5, 4_200_000),
+                   tiled=True, blockxsize=512, blockysize=512, compress="deflate", nodata=255)  # fmt: skip
+    with rasterio.open(path, "w", **profile) as ds:
+        for y0 in range(0, size, 1024):
+            h = min(1024, size - y0)
+            noise = ndimage.uniform_filter(rng.random((h + 8, size)), 7)[4 : 4 + h]
+            ds.write((noise > 0.56).astype(np.uint8)[None], window=Window(0, y0, size, h))
+    t0 = time.perf_counter()
+    regions = vectorize_raster(path)
+    t_windowed = time.perf_counter() - t0
+    with rasterio.open(path) as ds:
+        mask = ds.read(1)
+    t0 = time.perf_counter()
+    whole = [shapely.geometry.shape(g) for g, _ in
+             rasterio.features.shapes(mask, mask=mask == 1, connectivity=4)]  # fmt: skip
+    t_whole = time.perf_counter() - t0
+
+    def canon(geoms):
+        return sorted(shapely.to_wkb(shapely.normalize(np.asarray(geoms, dtype=object))))
+
+    equal = len(whole) == len(regions) and canon(whole) == canon(regions.geometries)
+    return {
+        "mask": f"{size}x{size}",
+        "polygons": len(regions),
+        "windowed_s": round(t_windowed, 2),
+        "whole_scene_gdal_s": round(t_whole, 2),
+        "windowed_equals_whole_scene": equal,
+        "load_average": load_average(),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="smaller scenes (minutes, not hours)")
+    ap.add_argument("--only", default="overhead,memory,vector")
+    ap.add_argument("--model", default=None, choices=["fianet-tiny", "numpy"],
+                    help="model for the overhead run (default fianet-tiny)")  # fmt: skip
+    ap.add_argument("--memory-model", default="numpy", choices=["fianet-tiny", "numpy"])
+    ap.add_argument("--_child", nargs=2, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args._child:
+        child_memory(*args._child, args.model or "numpy")
+        return
+    only = set(args.only.split(","))
+    with tempfile.TemporaryDirectory(prefix="fiacli-bench-") as tmp:
+        folder = Path(tmp)
+        if "overhead" in only:
+            size = 1000 if args.quick else 2000
+            print(json.dumps({"overhead": bench_overhead(size, args.model or "fianet-tiny",
+                                                         folder)}, indent=2), flush=True)  # fmt: skip
+        if "memory" in only:
+            sizes = (1000, 6000) if args.quick else (2000, 20000)
+            print(json.dumps({"memory": bench_memory(sizes, args.memory_model, folder)},
+                             indent=2), flush=True)  # fmt: skip
+        if "vector" in only:
+            size = 4000 if args.quick else 10000
+            print(json.dumps({"vector": bench_vector(size, folder)}, indent=2), flush=True)
+    print(f"cpus: {os.cpu_count()}, load average at end: {load_average()}")
+
+
+if __name__ == "__main__":
+    main()

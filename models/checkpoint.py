@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from fiacli.models.fianet import FIANet, FIANetConfig
+from fiacli.models.fianet import FIANet, FIANetConfig, uninitialised_fianet
 from fiacli.models.pretrained import (
     OFFLINE_TEXT_ENCODER,
     load_text_encoder,
@@ -178,7 +178,7 @@ def load_checkpoint(
     except Exception as exc:
         raise _foreign(file, f"its tensors cannot be read (truncated?): {exc}") from exc
 
-    model = FIANet(config)
+    model = uninitialised_fianet(config)
     text = meta.get("text_encoder") or {}
     expected = set(model.state_dict())
     if not text.get("stored", True):

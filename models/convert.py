@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from fiacli.models.fianet import FIANet, FIANetConfig
+from fiacli.models.fianet import FIANet, FIANetConfig, uninitialised_fianet
 from fiacli.models.text_encoder import BERT_BASE_UNCASED
 
 from fiacli.console import warn
@@ -422,7 +422,7 @@ def build_from_released(
     shapes = {k: tuple(v.shape) for k, v in released.state.items()}
     image_size = int(released.args.get("img_size") or 480)
     config, notes = infer_config(shapes, image_size=image_size, text_heads=text_heads)
-    model = FIANet(config, device=device)
+    model = FIANet(config, device="meta") if device == "meta" else uninitialised_fianet(config)
     own = model.state_dict()
     state = released_to_fiacli(released.state, config, list(own))
     bad = [k for k, v in state.items() if tuple(v.shape) != tuple(own[k].shape)]

@@ -266,6 +266,41 @@ class FIANet(nn.Module):
         return {"relative_position_bias_table", "absolute_pos_embed"}
 
 
+def uninitialised_fianet(config: FIANetConfig, device: Any = "cpu") -> FIANet:
+    """A FIANet whose parameters are allocated but not initialised, for loading weights into.
+
+    Skips the random initialisation (seconds for 250 M parameters): the model is built on the
+    meta device, allocated on ``device``, and only the non-persistent buffers (timm's relative
+    position index, BERT's position ids, the normalisation constants) are computed. Every
+    parameter and persistent buffer must then be loaded.
+    """
+    from transformers.models.bert.modeling_bert import BertEmbeddings
+
+    model = FIANet(config, device="meta").to_empty(device=device)
+    done: set[str] = set()
+    for name, module in model.named_modules():
+        if hasattr(module, "init_non_persistent_buffers"):  # timm's Swin modules
+            module.init_non_persistent_buffers()
+        elif isinstance(module, BertEmbeddings):
+            positions = torch.arange(module.position_ids.shape[-1], device=device)
+            module.position_ids.copy_(positions.expand_as(module.position_ids))
+            module.token_type_ids.zero_()
+        elif module is not model:
+            continue
+        done |= {f"{name}.{b}".lstrip(".") for b in module._non_persistent_buffers_set}
+    with torch.no_grad():
+        model.pixel_mean.copy_(torch.tensor(config.mean))
+        model.pixel_std.copy_(torch.tensor(config.std))
+    every = {
+        f"{name}.{b}".lstrip(".")
+        for name, module in model.named_modules()
+        for b in module._non_persistent_buffers_set
+    }
+    if every - done:  # a library update added a buffer this function does not know
+        return FIANet(config).to(device)
+    return model
+
+
 def count_parameters(model: nn.Module, *, exclude: tuple[str, ...] = ()) -> int:
     """Number of parameter elements, optionally skipping names containing any of ``exclude``."""
     return sum(p.numel() for n, p in model.named_parameters() if not any(e in n for e in exclude))

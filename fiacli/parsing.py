@@ -229,6 +229,12 @@ def nltk_words(text: str) -> tuple[list[str], list[tuple[int, int]]]:
     return words, spans
 
 
+@functools.lru_cache(maxsize=4096)
+def _tokenized(phrase: str) -> tuple[str, ...]:
+    """``word_tokenize(phrase)`` for class names and chunk texts, which repeat a lot."""
+    return tuple(_word_tokenizer().tokenize(phrase))
+
+
 @functools.lru_cache(maxsize=1)
 def _chunker() -> Any:
     import nltk
@@ -322,13 +328,12 @@ def _released_masks(
       then fails to batch; no released checkpoint can have seen that, so marks are clipped here.
     """
     budget = settings.token_length
-    tokenize = _word_tokenizer().tokenize
     object_mask, position_mask = [0] * budget, [0] * budget
     objects: list[tuple[int, int]] = []
     for cls in settings.classes:
         if cls not in text:
             continue
-        cls_words = tokenize(cls)
+        cls_words = _tokenized(cls)
         index = next((i for i, w in enumerate(words) if cls_words[0] in w), 0)
         if _mark(object_mask, index + 1, len(cls_words)):
             objects.append((index, index + len(cls_words)))
@@ -338,7 +343,7 @@ def _released_masks(
         if "of" in phrase:
             continue
         index = words.index(words[start])
-        if _mark(position_mask, index + 1, len(tokenize(phrase))):
+        if _mark(position_mask, index + 1, len(_tokenized(phrase))):
             positions.append((index, index + end - start))
     as_text = lambda span: " ".join(words[span[0] : span[1]])  # noqa: E731
     return object_mask, position_mask, _ordered(objects, as_text), _ordered(positions, as_text)

@@ -264,6 +264,8 @@ def load_run_config(run_dir: str | os.PathLike[str], overrides: dict[str, Any]) 
         raise FiacliError(f"cannot resume: {path} not found (is {run_dir} a fiacli run folder?)")
     saved = load_yaml(path)
     _check_keys(saved, str(path))
+    # limits apply to the invocation that sets them, not to the continued run
+    saved.update(max_steps=None, time_budget=None)
     config = TrainConfig(**{k: _coerce(k, v) for k, v in saved.items()})
     for key, value in overrides.items():
         if value is None or key not in _FIELDS:

@@ -60,16 +60,22 @@ def worker(args: argparse.Namespace) -> dict:
         if device.type == "cuda":
             torch.cuda.synchronize()
 
-    def timed(fn) -> list[float]:
+    cpu_seconds: dict[str, float] = {}
+
+    def timed(fn, name: str) -> float:
+        """Median wall seconds; also keeps the median process CPU seconds (all threads), which
+        a machine shared with other jobs inflates far less than wall time."""
         fn()  # warm-up
         sync()
-        out = []
+        wall, cpu = [], []
         for _ in range(args.repeats):
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             fn()
             sync()
-            out.append(time.perf_counter() - start)
-        return out
+            wall.append(time.perf_counter() - start)
+            cpu.append(time.process_time() - start_cpu)
+        cpu_seconds[name] = statistics.median(cpu)
+        return statistics.median(wall)
 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
@@ -84,18 +90,21 @@ def worker(args: argparse.Namespace) -> dict:
     }
     with torch.inference_mode():
         feats = model.encode_text(text)
-        result["encode_text_s"] = statistics.median(timed(lambda: model.encode_text(text)))
-        result["forward_text_per_call_s"] = statistics.median(timed(lambda: model(image, text)))
-        result["forward_cached_text_s"] = statistics.median(timed(lambda: model(image, feats)))
+        result["encode_text_s"] = timed(lambda: model.encode_text(text), "encode_text")
+        result["forward_text_per_call_s"] = timed(lambda: model(image, text), "text_per_call")
+        result["forward_cached_text_s"] = timed(lambda: model(image, feats), "cached_text")
     if args.backward:
         model.train()
-        feats = feats.detach()
+        with torch.no_grad():  # not inference_mode: these features enter an autograd graph
+            feats = model.encode_text(text)
 
         def step() -> None:
             model(image, feats).logsumexp(1).mean().backward()
             model.zero_grad(set_to_none=True)
 
-        result["forward_backward_s"] = statistics.median(timed(step))
+        result["forward_backward_s"] = timed(step, "forward_backward")
+    result["cpu_seconds"] = {k: round(v, 3) for k, v in cpu_seconds.items()}
+    result["load_average"] = os.getloadavg()[0]
     if device.type == "cuda":
         result["peak_memory_mb"] = round(torch.cuda.max_memory_allocated() / 2**20)
     else:
@@ -143,6 +152,12 @@ def main() -> None:
         if "forward_backward_s" in r:
             line += f"  fwd+bwd {r['forward_backward_s']:.2f} s"
         print(line)
+        cpu = r["cpu_seconds"]
+        print(
+            f"{'':13s} process CPU s: "
+            + ", ".join(f"{k} {v:.2f}" for k, v in cpu.items())
+            + f"   (load average {r['load_average']:.1f} on {os.cpu_count()} CPUs)"
+        )
         if r["preset"] == "fianet-swinb" and args.size == 480 and r["device"] == "cpu":
             print(
                 f"{'':13s} released code: {RELEASED_CPU_SECONDS:.1f} s per 480² image; fiacli "

@@ -158,8 +158,14 @@ def child_memory(scene: str, out: str, kind: str) -> None:
     model = load_model(kind, folder)
     before = rss_mb("VmRSS")
     t0 = time.perf_counter()
-    result = segment_raster(scene, "the red roof", [out, out.replace(".tif", ".gpkg")],
-                            predictor=model, overwrite=True)  # fmt: skip
+    result = segment_raster(
+        scene,
+        "the red roof",
+        [out, out.replace(".tif", ".gpkg")],
+        probabilities=out.replace(".tif", "-p.tif"),
+        predictor=model,
+        overwrite=True,
+    )  # every output: mask, probabilities, polygons
     print(json.dumps({"rss_before_mb": round(before, 1), "peak_rss_mb": round(rss_mb(), 1),
                       "seconds": round(time.perf_counter() - t0, 1),
                       "polygons": result.per_expression[0]["polygons"]}))  # fmt: skip

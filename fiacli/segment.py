@@ -506,8 +506,14 @@ def _stream(scene: Scene, grid: ChipGrid, predictor: ChipPredictor, encoded: lis
                 out: dict[int, np.ndarray] = {}
                 if wanted:
                     t0 = time.perf_counter()
-                    p = predictor.predict(batch.pixels[[batch.slot[k] for k in wanted]], enc)
+                    chips = batch.pixels[[batch.slot[k] for k in wanted]]
+                    p = np.asarray(predictor.predict(chips, enc))
                     model_s += time.perf_counter() - t0
+                    if p.shape != (len(wanted), *chips.shape[2:]):
+                        raise FiacliError(
+                            f"the model returned {p.shape} for chips {chips.shape}; "
+                            "expected one probability map per chip, chip-sized"
+                        )
                     out = dict(zip(wanted, p, strict=True))
                 preds.append(out)
             t0 = time.perf_counter()

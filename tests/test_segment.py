@@ -301,6 +301,17 @@ def test_interrupt_or_error_leaves_no_output_and_keeps_the_old_file(tmp_path):
     assert (tmp_path / "m.tif").read_bytes() == b"previous result"
 
 
+def test_a_model_returning_the_wrong_shape_is_a_clear_error(tmp_path):
+    class Quarter(Oracle):
+        def predict(self, chips, encoded):
+            return super().predict(chips, encoded)[:, ::4, ::4]
+
+    scene = write_tif(tmp_path / "s.tif", random_rgb(80, 80))
+    with pytest.raises(FiacliError, match="expected one probability map per chip"):
+        run(tmp_path, scene, outputs=("m.tif",), oracle=Quarter(), chip=32, overlap=8)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.tif"]
+
+
 def test_existing_outputs_and_manifests_need_overwrite(tmp_path):
     scene = write_tif(tmp_path / "s.tif", random_rgb(40, 40))
     (tmp_path / "v.gpkg").write_bytes(b"x")

@@ -14,6 +14,8 @@ from rasterio.windows import Window
 from fiacli.errors import FiacliError, UsageError
 from fiacli.raster import FILL_RGB, RasterRowWriter, open_scene, parse_bands, scene_stretch
 
+pytestmark = pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning")
+
 
 def test_parse_bands():
     assert parse_bands("4,3,2") == (4, 3, 2)

@@ -86,6 +86,7 @@ def test_missing_model_is_a_usage_error(run_cli, scene, tmp_path):
     assert r.exit_code == 2 and "-m" in one_line(r)
 
 
+@pytest.mark.slow  # imports torch and the model code (seconds) to read the file's header
 def test_model_that_is_not_a_checkpoint(run_cli, scene, tmp_path):
     fake = tmp_path / "model.safetensors"
     fake.write_text("these are not weights")

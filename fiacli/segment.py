@@ -287,7 +287,7 @@ def _disk_error(exc: BaseException) -> bool:
 
 @dataclass(frozen=True)
 class SegmentOptions:
-    """Every knob of a run (the keyword arguments of :func:`segment_raster`)."""
+    """Every knob of a run: the keyword arguments of :func:`segment_raster`, checked once."""
 
     chip: int | None = None
     overlap: int | None = None  # None: a fifth of the chip, 96 px for the usual 480
@@ -297,7 +297,7 @@ class SegmentOptions:
     resolution: float | None = None
     scope: str = "chip"
     threshold: float = 0.5
-    probabilities: str | None = None
+    probabilities: str | os.PathLike[str] | None = None
     cog: bool = False
     min_area: float = 0.0
     simplify: float = 0.0
@@ -337,24 +337,45 @@ def segment_raster(
     output: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
     *,
     predictor: ChipPredictor,
-    **options: Any,
+    chip: int | None = None,
+    overlap: int | None = None,
+    blend: str = "cosine",
+    batch_size: int = 4,
+    bands: Sequence[int] | None = None,
+    resolution: float | None = None,
+    scope: str = "chip",
+    threshold: float = 0.5,
+    probabilities: str | os.PathLike[str] | None = None,
+    cog: bool = False,
+    min_area: float = 0.0,
+    simplify: float = 0.0,
+    open_px: int = 0,
+    dst_crs: str | None = None,
+    allow_ungeoreferenced: bool = False,
+    overwrite: bool = False,
+    manifest: bool = True,
+    model_info: dict[str, Any] | None = None,
+    show_progress: bool = False,
 ) -> SegmentResult:
     """Segment ``expressions`` in the scene ``src`` and write ``output`` (by extension).
 
     ``.tif``: uint8 mask, one band per expression (1 object, 0 background, 255 nodata);
     ``.gpkg/.geojson/.parquet/.shp/.fgb``: polygons with ``expression``, ``area_m2``, ``pixels``
-    and ``mean_prob``. ``probabilities=PATH`` adds a uint8 0-255 GeoTIFF (nodata in its mask
-    band). Keyword options are the fields of :class:`SegmentOptions` (``chip``, ``overlap=96``,
-    ``blend="cosine"``, ``scope="chip"``, …). A file appears under its final name only when
-    complete; a failure or Ctrl-C leaves nothing behind.
+    and ``mean_prob``; ``probabilities``: a uint8 0-255 GeoTIFF (nodata in its mask band).
+    ``chip`` defaults to ``predictor.image_size`` and ``overlap`` to a fifth of it (96 px at
+    480); ``scope`` is ``"chip"`` or ``"scene"`` (see the module docstring); ``min_area`` is in
+    m², ``simplify`` in CRS units, ``open_px`` in pixels. A file appears under its final name
+    only when complete; a failure or Ctrl-C leaves nothing behind.
     """
     t_start = time.perf_counter()
-    if "bands" in options and options["bands"] is not None:
-        options["bands"] = tuple(options["bands"])
-    try:
-        opts = SegmentOptions(**options)
-    except TypeError as exc:
-        raise TypeError(f"segment_raster: {exc}") from None
+    opts = SegmentOptions(
+        chip=chip, overlap=overlap, blend=blend, batch_size=batch_size,
+        bands=tuple(bands) if bands else None, resolution=resolution, scope=scope,
+        threshold=threshold, probabilities=probabilities, cog=cog, min_area=min_area,
+        simplify=simplify, open_px=open_px, dst_crs=dst_crs,
+        allow_ungeoreferenced=allow_ungeoreferenced, overwrite=overwrite, manifest=manifest,
+        model_info=model_info, show_progress=show_progress,
+    )  # fmt: skip
     opts.check()
     texts = clean_expressions(expressions)
     outs = plan_outputs(

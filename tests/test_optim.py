@@ -121,3 +121,30 @@ def test_poly_schedule_is_stepped_per_iteration():
     assert lrs == pytest.approx(expected, rel=1e-9)
     assert opt.param_groups[0]["lr"] == 0.0
     assert lrs[5] == pytest.approx(0.1 * 0.5**0.9)
+
+
+def test_freeze_unused_finds_dead_parameters_without_side_effects():
+    from fiacli.training.optim import freeze_unused
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 1)
+            self.bn = nn.BatchNorm2d(4)
+            self.drop = nn.Dropout(0.5)
+            self.dead = nn.Linear(4, 4)  # like the last stage's fused output: computed nowhere
+
+        def forward(self, x):
+            return self.drop(self.bn(self.conv(x)))
+
+    net = Net().train()
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 4, 4)
+    rng = torch.get_rng_state()
+    stats = net.bn.running_mean.clone()
+    names = freeze_unused(net, x)
+    assert names == ["dead.weight", "dead.bias"]
+    assert not net.dead.weight.requires_grad and net.conv.weight.requires_grad
+    assert net.training and net.conv.weight.grad is None
+    assert torch.equal(net.bn.running_mean, stats)  # probe ran in eval mode
+    assert torch.equal(torch.get_rng_state(), rng)

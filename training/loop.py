@@ -16,7 +16,12 @@ from typing import Any
 import torch
 from fiacli.training import distributed as dist_utils
 from fiacli.training.data_pipeline import RunData, build_run_data, model_inputs
-from fiacli.training.optim import build_optimizer, freeze_for_training, poly_scheduler
+from fiacli.training.optim import (
+    build_optimizer,
+    freeze_for_training,
+    freeze_unused,
+    poly_scheduler,
+)
 from fiacli.training.recipe import TrainConfig, save_config
 from fiacli.training.state import (
     ResumableSampler,
@@ -111,6 +116,10 @@ class Trainer:
             self.model, freeze_text_encoder=config.freeze_text_encoder
         )
         self.data.cache_text_features(self.model, self.device)
+        if self.dist.enabled:
+            # DDP waits for a gradient of every trainable parameter: freeze the dead ones
+            probe = model_inputs(self.data.collate([self.data.train[0]]), self.data, self.device)
+            self.frozen += freeze_unused(self.model, probe[0], probe[2])
         self.ddp_model = dist_utils.wrap_model(self.model, self.device, self.dist)
         self.optimizer = build_optimizer(self.model, config.lr, config.weight_decay)
 

@@ -8,8 +8,11 @@ Which parameters train, as released:
 - BERT's embeddings and its last two layers are **not in the optimiser**. fiacli also sets
   ``requires_grad=False`` on them: the weights stay where they were either way, and autograd then
   skips their gradients (and DDP does not wait for them);
-- parameters that forward never uses (the released ``go_embedding``) are frozen too, so that DDP
-  needs no ``find_unused_parameters`` (an extra graph walk every step).
+- parameters that forward never uses are frozen too, so that DDP needs no
+  ``find_unused_parameters`` (an extra graph walk every step): the released ``go_embedding``, and,
+  found by :func:`freeze_unused` with one probe pass, the gated fusion of the *last* stage's FIAM
+  (its fused output would feed a fifth stage that does not exist; the decoder reads ``x_res``).
+  Without DDP they would get no gradient either, so AdamW would leave them as they are.
 """
 
 from __future__ import annotations
@@ -64,6 +67,30 @@ def freeze_for_training(model: nn.Module, *, freeze_text_encoder: bool = False) 
             frozen.add(id(p))
         if id(p) in frozen:
             names.append(name)
+    return names
+
+
+def freeze_unused(model: nn.Module, *inputs: object) -> list[str]:
+    """Freeze trainable parameters that get no gradient from ``model(*inputs)``; their names.
+
+    The probe runs in eval mode (no BatchNorm statistics updated, no dropout) and leaves the
+    global RNG untouched, so training afterwards is exactly as without the probe.
+    """
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.random.fork_rng(devices=[]), torch.enable_grad():
+            out = model(*inputs)
+            out = out if torch.is_tensor(out) else out.logits
+            out.float().sum().backward()
+        names = []
+        for name, p in model.named_parameters():
+            if p.requires_grad and p.grad is None:
+                p.requires_grad_(False)
+                names.append(name)
+    finally:
+        model.zero_grad(set_to_none=True)
+        model.train(was_training)
     return names
 
 

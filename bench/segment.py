@@ -10,7 +10,8 @@ absolute times; the load average is printed alongside.
 * overhead: end-to-end ``segment_raster`` time / pure model time on the same chips, same process
   (target <= 1.10); model time = encoding the expression once + predicting every chip. Each is
   run twice, alternating, and the fastest run of each is kept. Also printed: end-to-end time /
-  the model time measured inside that same run (immune to the load changing between runs).
+  the model time measured inside that same run (immune to the load changing between runs), and
+  the same ratio in process CPU time (all threads; barely affected by other processes).
   Model: a random-weight ``fianet-tiny`` on CPU (``--model numpy`` checks the plumbing with a
   near-free model, where the ratio means nothing).
 * memory: peak RSS of the last scene / peak RSS of the first (default 20,000² vs 2,000²), each
@@ -121,20 +122,23 @@ def bench_overhead(size: int, kind: str, folder: Path, repeats: int = 2) -> dict
             batches = [b.pixels for b in reader]
     model.predict(batches[0][:1], encoded)  # warm-up (first-call allocations)
 
-    def pure() -> float:  # the model's whole share of a run: encode the text once, run chips
-        t0 = time.perf_counter()
+    def pure() -> tuple[float, float]:  # the model's share of a run: encode once, run chips
+        t0, c0 = time.perf_counter(), time.process_time()
         enc = model.encode(text)
         for pixels in batches:
             model.predict(pixels, enc)
-        return time.perf_counter() - t0
+        return time.perf_counter() - t0, time.process_time() - c0
 
-    pures, e2es, internal = [], [], []
+    pures, e2es, cpu_pure, cpu_e2e, internal = [], [], [], [], []
     for _ in range(repeats):  # alternate, and keep the fastest of each: robust to a busy CPU
-        pures.append(pure())
-        t0 = time.perf_counter()
+        wall, cpu = pure()
+        pures.append(wall)
+        cpu_pure.append(cpu)
+        t0, c0 = time.perf_counter(), time.process_time()
         result = segment_raster(scene, text, [folder / "o.tif", folder / "o.gpkg"],
                                 predictor=model, overwrite=True, batch_size=4)  # fmt: skip
         e2es.append(time.perf_counter() - t0)
+        cpu_e2e.append(time.process_time() - c0)
         inside = result.timings_s["model"] + result.timings_s["encode"]
         internal.append(e2es[-1] / inside)
     return {
@@ -144,6 +148,10 @@ def bench_overhead(size: int, kind: str, folder: Path, repeats: int = 2) -> dict
         "pure_model_s": [round(t, 2) for t in pures],
         "end_to_end_s": [round(t, 2) for t in e2es],
         "overhead_ratio": round(min(e2es) / min(pures), 3),
+        "cpu_time_ratio": round(min(cpu_e2e) / min(cpu_pure), 3),
+        "cpu_s_pure_then_end_to_end": [
+            [round(a, 1), round(b, 1)] for a, b in zip(cpu_pure, cpu_e2e, strict=True)
+        ],  # fmt: skip
         "end_to_end_over_model_time_in_same_run": [round(r, 3) for r in internal],
         "pipeline_timings_s": result.timings_s,
         "load_average": load_average(),

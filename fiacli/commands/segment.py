@@ -29,8 +29,9 @@ class Scope(str, Enum):
 
 HELP = (
     "Segment the object an expression describes in a scene of any size.\n\n"
-    "The scene is read and written window by window (memory does not grow with its size), chips "
-    "are blended across their overlaps and outputs keep the scene's CRS and grid. The output "
+    "The scene is read and written window by window (memory holds about one row of chips, never "
+    "the scene), chips are blended across their overlaps and outputs keep the scene's CRS and "
+    "grid. The output "
     "format follows the extension: .tif (mask, one band per expression: 1 object, 0 background, "
     "255 nodata) or .gpkg/.geojson/.parquet/.shp/.fgb (polygons with expression, area_m2, "
     "pixels, mean_prob).\n\n"
@@ -194,7 +195,11 @@ def register(app: typer.Typer) -> None:
             dst_crs=dst_crs,
             allow_ungeoreferenced=allow_ungeoreferenced,
             overwrite=overwrite,
-            model_info={"path": str(model), "device": device, "precision": precision.value},
+            model_info={
+                "path": str(model),
+                "precision": precision.value,
+                "device": str(getattr(predictor, "device", device)),
+            },  # fmt: skip
             show_progress=not as_json,
         )
         if as_json:

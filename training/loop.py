@@ -342,6 +342,8 @@ class Trainer:
         pending: list[dict[str, Any]] = []
         index = done
         tic, tic_step = time.monotonic(), self.step
+        window: list[float] = []  # losses since the last log line
+        its = 0.0
         bar = progress(TextColumn("{task.fields[status]}"), transient=True)
         bar.disable = bar.disable or not self.dist.is_main
         with bar:
@@ -358,6 +360,7 @@ class Trainer:
                 loss = self._optimizer_step(pending, epoch, index)
                 pending, index = [], index + 1
                 lr = self.optimizer.param_groups[0]["lr"]
+                window.append(loss)
                 if self.step % cfg.log_every == 0 or index == self.steps_per_epoch:
                     now = time.monotonic()
                     its = (self.step - tic_step) / max(now - tic, 1e-9)
@@ -367,13 +370,14 @@ class Trainer:
                             "kind": "step",
                             "epoch": epoch + 1,
                             "step": self.step,
-                            "loss": loss,
+                            "loss": sum(window) / len(window),  # mean since the last line
                             "lr": lr,
                             "it_s": round(its, 3),
                             "time": round(now - t0, 2),
                         }
                     )
-                bar.update(task, advance=1, status=f"loss {loss:.4f} lr {lr:.2e}")
+                    window = []
+                bar.update(task, advance=1, status=f"loss {loss:.4f} lr {lr:.2e} {its:.2f} it/s")
                 if cfg.max_steps is not None and self.step >= cfg.max_steps:
                     result.stopped = "max_steps"
                     return True

@@ -474,10 +474,9 @@ def convert_checkpoint(
     else:
         released = read_released(src)
         model, meta, notes = build_from_released(released, dataset=dataset, text_heads=text_heads)
-    for note in notes:
-        warn(note)
-
     config = model.config
+    if to == "released":
+        notes += _released_gaps(config)
     if to == "fiacli":
         save_checkpoint(dst, model, meta, overwrite=overwrite, store_text_encoder=True)
         tensors = len(model.state_dict())
@@ -491,6 +490,8 @@ def convert_checkpoint(
 
                 save_file({k: v.contiguous() for k, v in state.items()}, str(tmp))
         tensors = len(state)
+    for note in notes:
+        warn(note)
     return ConversionResult(
         Path(dst),
         to,
@@ -500,6 +501,23 @@ def convert_checkpoint(
         sum(p.numel() for p in model.parameters()),
         notes,
     )
+
+
+def _released_gaps(config: FIANetConfig) -> list[str]:
+    """Parts the released code would expect but this model lacks (its loader would not say)."""
+    off = [
+        name
+        for name in ("fiam", "channel_modulation", "object_branch", "spatial_branch", "tmem")
+        if not getattr(config, name)
+    ]
+    if not config.go_embedding:
+        off.append("go_embedding")
+    if not off:
+        return []
+    return [
+        f"this model has no {', '.join(off)}: the released code builds them and, loading with "
+        "strict=False, would leave them random"
+    ]
 
 
 def _fiacli_metadata(path: str | Path, key: str) -> str | None:

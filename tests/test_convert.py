@@ -163,3 +163,18 @@ def test_full_size_checkpoints_convert_from_key_lists(num_tmem: int, dataset: st
     assert meta["parse"]["classes"] == list(VOCABULARIES[dataset])
     assert any("assumed " + dataset in n for n in notes)  # no args: guessed from num_tmem, said
     assert count_parameters(model) == {1: 251_918_706, 3: 256_168_626}[num_tmem]
+
+
+def test_to_released_warns_about_parts_the_released_code_would_leave_random(
+    tmp_path: Path, run_cli
+) -> None:
+    from fiacli.models import FIANet, FIANetConfig, save_checkpoint
+
+    lean = FIANet(FIANetConfig.minimal(go_embedding=False, spatial_branch=False))
+    src = save_checkpoint(tmp_path / "lean.safetensors", lean)
+    result = run_cli("convert", str(src), "--to", "released", "-o", str(tmp_path / "lean.pth"))
+    assert result.exit_code == 0, result.stderr
+    assert "no spatial_branch, go_embedding" in result.stderr
+    state = torch.load(tmp_path / "lean.pth", weights_only=True)["model"]
+    assert not any("go_embedding" in k or "sp_cross_attn" in k for k in state)
+    assert "backbone.layers.0.object_position_align_blk.go_cross_attn.f_key.0.weight" in state

@@ -158,6 +158,21 @@ def test_at_least_five_classes_and_object_choice(tmp_path):
     assert used == {"vehicle", "ship"}
 
 
+def test_max_objects_and_refs_per_scene(tmp_path):
+    generate_synth(tmp_path / "s", size=64, counts={"train": 30, "val": 0, "test": 0},
+                   max_objects=3, refs_per_scene=3)  # fmt: skip
+    per_image: dict[int, int] = {}
+    for a in _coco(tmp_path / "s")["annotations"]:
+        per_image[a["image_id"]] = per_image.get(a["image_id"], 0) + 1
+    assert max(per_image.values()) == 3 and min(per_image.values()) >= 2
+    refs_per_image: dict[int, int] = {}
+    for r in _refs(tmp_path / "s"):
+        refs_per_image[r["image_id"]] = refs_per_image.get(r["image_id"], 0) + 1
+    assert max(refs_per_image.values()) == 3
+    with pytest.raises(FiacliError, match="between 2 and 9"):
+        generate_synth(tmp_path / "t", size=64, max_objects=10)
+
+
 def test_draw_scene_is_reusable_at_any_size():
     rng = np.random.default_rng(0)
     objects = [
@@ -169,8 +184,8 @@ def test_draw_scene_is_reusable_at_any_size():
     tank, car = labels == 1, labels == 2
     assert abs(int(tank.sum()) - np.pi * 20**2) < 0.1 * np.pi * 20**2  # a disc of diameter 40
     ys, xs = np.nonzero(car)
-    # 40 long, 0.46·40 = 18.4 wide; PIL fills polygon edges inclusively (+1 px)
-    assert 40 <= xs.max() - xs.min() + 1 <= 41 and 18 <= ys.max() - ys.min() + 1 <= 20
+    # 40 long, half as wide; PIL fills polygon edges inclusively (+1 px)
+    assert 40 <= xs.max() - xs.min() + 1 <= 41 and 20 <= ys.max() - ys.min() + 1 <= 21
     assert car.sum() >= 0.95 * (np.ptp(xs) + 1) * (np.ptp(ys) + 1)  # a filled rectangle
     assert abs(ys.mean() - 150) <= 1 and abs(xs.mean() - 250) <= 1
     red = image[car].mean(axis=0)

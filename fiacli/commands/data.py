@@ -135,6 +135,9 @@ def register(app: typer.Typer) -> None:
         refs_per_scene: Annotated[
             int, typer.Option("--refs-per-scene", help="Refs (different targets) per scene.")
         ] = 2,
+        max_objects: Annotated[
+            int, typer.Option("--max-objects", help="Most objects in a scene (2–9).")
+        ] = 5,
         position_only: Annotated[
             float,
             typer.Option(
@@ -176,6 +179,7 @@ def register(app: typer.Typer) -> None:
                 classes=classes or SYNTH_CLASSES,
                 refs_per_scene=refs_per_scene,
                 position_only_fraction=position_only,
+                max_objects=max_objects,
                 overwrite=overwrite,
                 on_scene=lambda: bar.advance(task),
             )

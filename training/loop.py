@@ -174,15 +174,16 @@ class Trainer:
             save_config(self.config, self.run_dir / "config.yaml")
         dist_utils.barrier()
 
-    def _state(self) -> dict[str, Any]:
+    def _state(self, rngs: list[dict[str, Any]]) -> dict[str, Any]:
         return {
             "epoch": self.epoch,
             "step": self.step,
             "best_metric": self.best_metric,
+            "world_size": self.dist.world_size,
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
-            "rng": rng_state(),
+            "rng": rngs,  # one entry per rank: dropout streams differ between ranks
             "history": json.dumps(self.history),
         }
 
@@ -196,6 +197,11 @@ class Trainer:
                 f"cannot resume: last.safetensors and last.state.pt in {self.run_dir} are from "
                 "different saves (interrupted while writing?); start again from best.safetensors"
             )
+        if int(state.get("world_size", 1)) != self.dist.world_size:
+            raise FiacliError(
+                f"cannot resume exactly: the run used {state.get('world_size')} process(es), "
+                f"this launch has {self.dist.world_size}; resume with the same number"
+            )
         self.model.load_state_dict(loaded.state_dict())
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -203,15 +209,16 @@ class Trainer:
         self.epoch, self.step = int(state["epoch"]), int(state["step"])
         self.best_metric = state["best_metric"]
         self.history = json.loads(state["history"])
-        set_rng_state(state["rng"])
+        set_rng_state(state["rng"][self.dist.rank])
         if self.dist.is_main:
             info(f"resuming {self.run_dir} at epoch {self.epoch + 1}, step {self.step}")
 
     def save(self, name: str, *, with_state: bool, metrics: dict[str, Any] | None = None) -> Path:
         """Write ``<name>.safetensors`` (+ ``.state.pt``) on rank 0; all ranks wait for it."""
         path = self.run_dir / f"{name}.safetensors"
+        rngs = dist_utils.all_gather_objects(rng_state()) if with_state else []
         if self.dist.is_main:
-            state = self._state() if with_state else None
+            state = self._state(rngs) if with_state else None
 
             def write(tmp: Path, save_id: str) -> None:
                 self.data.save_weights(

@@ -37,7 +37,7 @@ def register(app: typer.Typer) -> None:
             typer.Option("--config", help="YAML file of config keys; flags override it."),
         ] = None,
         resume: Annotated[
-            bool, typer.Option(help="Continue the run in -o exactly where it stopped.")
+            bool, typer.Option("--resume", help="Continue the run in -o exactly where it stopped.")
         ] = False,
         preset: Annotated[
             str | None, typer.Option(help="Model preset: fianet-swinb or fianet-tiny.")

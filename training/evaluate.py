@@ -227,6 +227,10 @@ def evaluate_checkpoint(
             f"{checkpoint} records no parse settings; it cannot be evaluated consistently"
         )
     settings = ParseSettings.from_dict(meta["parse"])
+    if dataset == "auto":  # name the layout, so RefSegRS gets its per-class-name table
+        from fiacli.training.datasets import detect_layout
+
+        dataset = detect_layout(data_root)
     ds = open_dataset(
         dataset, data_root, split, eval_transform(model.image_size, keep_full_mask=full_res)
     )

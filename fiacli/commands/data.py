@@ -134,10 +134,10 @@ def register(app: typer.Typer) -> None:
         ] = None,
         refs_per_scene: Annotated[
             int, typer.Option("--refs-per-scene", help="Refs (different targets) per scene.")
-        ] = 2,
+        ] = 3,
         max_objects: Annotated[
             int, typer.Option("--max-objects", help="Most objects in a scene (2–9).")
-        ] = 5,
+        ] = 4,
         position_only: Annotated[
             float,
             typer.Option(

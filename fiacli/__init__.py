@@ -15,6 +15,8 @@ __version__ = "0.1.0"
 _LAZY = {
     "parse": "fiacli.parsing",
     "ParsedExpression": "fiacli.parsing",
+    "ParseSettings": "fiacli.parsing",
+    "strip_position": "fiacli.parsing",
     "FiacliError": "fiacli.errors",
 }
 

@@ -26,15 +26,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from fiacli.errors import FiacliError
+from fiacli.io import atomic_output
 from fiacli.models.fianet import FIANet, FIANetConfig, uninitialised_fianet
 from fiacli.models.pretrained import (
     OFFLINE_TEXT_ENCODER,
     load_text_encoder,
     text_encoder_state_dict,
 )
-
-from fiacli.errors import FiacliError
-from fiacli.io import atomic_output
 
 FORMAT = "fiacli-fianet"
 FORMAT_VERSION = 1

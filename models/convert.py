@@ -23,11 +23,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from fiacli.models.fianet import FIANet, FIANetConfig, uninitialised_fianet
-from fiacli.models.text_encoder import BERT_BASE_UNCASED
 
 from fiacli.console import warn
 from fiacli.errors import FiacliError
+from fiacli.models.fianet import FIANet, FIANetConfig, uninitialised_fianet
+from fiacli.models.text_encoder import BERT_BASE_UNCASED
 
 TO_CHOICES = ("fiacli", "released")
 
@@ -456,9 +456,8 @@ def convert_checkpoint(
     and writes the released layout: ``torch.save({"model": state_dict})`` for ``.pth``/``.pt``,
     plain safetensors otherwise.
     """
-    from fiacli.models.checkpoint import META_KEY, load_checkpoint, save_checkpoint
-
     from fiacli.io import atomic_output, check_output_path
+    from fiacli.models.checkpoint import META_KEY, load_checkpoint, save_checkpoint
 
     if to not in TO_CHOICES:
         raise FiacliError(f"unknown target {to!r}; choose from {', '.join(TO_CHOICES)}")

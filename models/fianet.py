@@ -19,12 +19,13 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch import nn
+
 from fiacli.models.decoder import Decoder
 from fiacli.models.fiam import FIAM
 from fiacli.models.swin import SwinBackbone
 from fiacli.models.text_encoder import BERT_BASE_UNCASED, TextBatch, TextEncoder, TextFeatures
 from fiacli.models.tmem import TMEM
-from torch import nn
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

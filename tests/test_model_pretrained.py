@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 import timm
 import torch
-from fiacli.models import create_model
-from fiacli.models.pretrained import offline_text_encoder_folder
 from safetensors.torch import save_file
 
 from fiacli.errors import FiacliError
+from fiacli.models import create_model
+from fiacli.models.pretrained import offline_text_encoder_folder
 
 SMALL = {"depths": (1, 1, 1, 1), "image_size": 64}
 

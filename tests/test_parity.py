@@ -13,11 +13,12 @@ import re
 import pytest
 import torch
 from conftest import shared_path
+from safetensors.torch import load_file
+from timm.models.swin_transformer import SwinTransformerBlock
+
 from fiacli.models import FIANet, TextBatch
 from fiacli.models.convert import build_from_released, read_released
 from fiacli.models.swin import ReleasedOrderSwinBlock
-from safetensors.torch import load_file
-from timm.models.swin_transformer import SwinTransformerBlock
 
 OUTPUT_TOL = 5e-4
 INTERMEDIATE_TOL = 2e-3

@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from fiacli.models import FIANet, FIANetConfig, TextBatch, save_checkpoint
 
 from fiacli.errors import FiacliError
+from fiacli.models import FIANet, FIANetConfig, TextBatch, save_checkpoint
 from fiacli.predictor import RefSegPredictor
 
 parsing = pytest.importorskip("fiacli.parsing")

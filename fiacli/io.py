@@ -38,6 +38,13 @@ def _family(path: Path) -> list[Path]:
     return [path] + [path.with_suffix(s) for s in SIDECAR_SUFFIXES.get(path.suffix.lower(), ())]
 
 
+def _default_mode() -> int:
+    """Permissions a new file gets from the user's umask (some writers create files 0600)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def _remove(path: Path) -> None:
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path, ignore_errors=True)
@@ -60,8 +67,11 @@ def atomic_output(path: str | os.PathLike[str], *, overwrite: bool = False) -> I
         _remove(p)
     try:
         yield tmp
+        mode = _default_mode()
         for src, dst in zip(_family(tmp), _family(final), strict=True):
             if src.exists():
+                if src.is_file():
+                    os.chmod(src, mode)
                 os.replace(src, dst)
             elif dst.exists() and dst != final:
                 _remove(dst)  # a stale sidecar of the file we replaced

@@ -22,6 +22,19 @@ def test_atomic_output_renames_only_on_success(tmp_path):
     assert list(tmp_path.iterdir()) == [final]
 
 
+def test_atomic_output_gives_umask_permissions(tmp_path):
+    # safetensors and GDAL may create their files 0600; outputs must be readable like any file.
+    final = tmp_path / "model.safetensors"
+    old = os.umask(0o022)
+    try:
+        with atomic_output(final) as tmp:
+            tmp.write_text("x")
+            tmp.chmod(0o600)
+    finally:
+        os.umask(old)
+    assert final.stat().st_mode & 0o777 == 0o644
+
+
 def test_atomic_output_keeps_previous_file_on_interrupt(tmp_path):
     final = tmp_path / "out.txt"
     final.write_text("old")

@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 
 # (train, val, test refs, scene size, extra train flags)
-FULL = {"train": 4000, "val": 200, "test": 400, "size": 128, "train_flags": []}
+FULL = {"train": 4000, "val": 200, "test": 400, "size": 96, "train_flags": []}
 QUICK = {
     "train": 1200,
     "val": 100,

@@ -9,9 +9,10 @@ import json
 import numpy as np
 import pytest
 import torch
-from fiacli.training.evaluate import evaluate_split, overlay_image
 from torch import nn
 from train_helpers import make_synth, tiny_config
+
+from fiacli.training.evaluate import evaluate_split, overlay_image
 
 
 @pytest.fixture(autouse=True, scope="module")

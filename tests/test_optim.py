@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from fiacli.training.optim import build_optimizer, freeze_for_training, poly_scheduler
 from torch import nn
 from transformers import BertConfig, BertModel
+
+from fiacli.training.optim import build_optimizer, freeze_for_training, poly_scheduler
 
 
 class _Block(nn.Module):

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import yaml
-from fiacli.training.recipe import load_run_config, resolve_config, save_config
 
 from fiacli.errors import FiacliError, UsageError
+from fiacli.training.recipe import load_run_config, resolve_config, save_config
 
 
 @pytest.mark.parametrize(

@@ -81,7 +81,6 @@ def test_run_folder_holds_config_log_and_checkpoints(data, tmp_path, run_cli):
         assert (out / name).is_file()
 
     from fiacli.models import load_checkpoint
-
     from fiacli.parsing import ParseSettings
 
     model, meta = load_checkpoint(out / "best.safetensors")

@@ -15,12 +15,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from fiacli.training.distributed import DistInfo, barrier
 from torch import nn
 from torch.utils.data import Dataset, default_collate
 
 from fiacli.console import info
 from fiacli.errors import FiacliError
+from fiacli.training.distributed import DistInfo, barrier
 
 # Text features of a frozen encoder are kept in memory up to this size; beyond, they are computed
 # per batch (RRSIS-D with bert-base would need ~2.4 GB).
@@ -140,7 +140,6 @@ def parse_settings_for(config: Any, tokenizer: str) -> Any:
 def parse_table(expressions: list[str], settings: Any, cache: Path, dist: DistInfo) -> Any:
     """Parse every unique expression once (rank 0 writes the cache, the others read it)."""
     from fiacli.models.text_encoder import TextBatch
-
     from fiacli.parsing import parse_cached
 
     if dist.is_main:

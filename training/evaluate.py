@@ -18,10 +18,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from fiacli.training.metrics import THRESHOLDS, RefSegMetrics, metric_groups
 from torch.utils.data import DataLoader, Subset, default_collate
 
 from fiacli.errors import FiacliError
+from fiacli.training.metrics import THRESHOLDS, RefSegMetrics, metric_groups
 
 POSITION_ONLY = "position-only"
 PR_KEYS = tuple(f"pr@{t:g}" for t in THRESHOLDS)
@@ -80,9 +80,8 @@ def evaluate_split(
     expressions in ``rows``. Under torch.distributed each rank scores a shard and the sums are
     merged, so every rank returns the same result.
     """
-    from fiacli.training.transforms import resize_logits
-
     from fiacli.device import autocast
+    from fiacli.training.transforms import resize_logits
 
     rank, world = (dist.rank, dist.world_size) if dist is not None else (0, 1)
     loader = DataLoader(
@@ -149,8 +148,9 @@ def _save_predictions(
 ) -> None:
     """``<ref_id>.png`` (prediction, 0/255) and ``<ref_id>_overlay.png`` per sample, plus a
     line in ``predictions.csv``."""
-    from fiacli.training.transforms import resize_image
     from PIL import Image
+
+    from fiacli.training.transforms import resize_image
 
     new_csv = not (folder / "predictions.csv").exists()
     with open(folder / "predictions.csv", "a", newline="", encoding="utf-8") as fh:
@@ -210,15 +210,14 @@ def evaluate_checkpoint(
     ``strip_position`` removes the spatial phrase from every expression first
     (:func:`fiacli.parsing.strip_position`): what the model scores without being told where.
     """
+    from fiacli.device import resolve_device
     from fiacli.models import load_checkpoint
     from fiacli.models.text_encoder import TextBatch
+    from fiacli.parsing import ParseSettings, parse_cached, parse_many
+    from fiacli.parsing import strip_position as strip
     from fiacli.training.data_pipeline import WithText
     from fiacli.training.datasets import open_dataset
     from fiacli.training.transforms import eval_transform
-
-    from fiacli.device import resolve_device
-    from fiacli.parsing import ParseSettings, parse_cached, parse_many
-    from fiacli.parsing import strip_position as strip
 
     dev = resolve_device(device)
     model, meta = load_checkpoint(checkpoint, device=dev)

@@ -14,6 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.utils.data import DataLoader
+
+from fiacli.console import info, warn
+from fiacli.errors import FiacliError
 from fiacli.training import distributed as dist_utils
 from fiacli.training.data_pipeline import RunData, build_run_data, model_inputs
 from fiacli.training.optim import (
@@ -31,10 +35,6 @@ from fiacli.training.state import (
     seed_everything,
     set_rng_state,
 )
-from torch.utils.data import DataLoader
-
-from fiacli.console import info, warn
-from fiacli.errors import FiacliError
 
 
 @dataclass

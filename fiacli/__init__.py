@@ -18,6 +18,10 @@ _LAZY = {
     "ParseSettings": "fiacli.parsing",
     "strip_position": "fiacli.parsing",
     "FiacliError": "fiacli.errors",
+    "load_model": "fiacli.api",
+    "Segmenter": "fiacli.api",
+    "SegmentResult": "fiacli.segment",
+    "demo_scene_path": "fiacli.demo",
 }
 
 __all__ = ["__version__", *_LAZY]

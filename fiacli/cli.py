@@ -81,9 +81,9 @@ def _root(
 
 def _register() -> None:
     """Attach every command module; each module exposes ``register(app)``."""
-    from fiacli.commands import convert, data, evaluate, parse, segment, train
+    from fiacli.commands import convert, data, evaluate, models, parse, report, segment, train
 
-    for module in (parse, train, evaluate, segment, convert, data):
+    for module in (parse, train, evaluate, report, segment, models, convert, data):
         module.register(app)
 
 

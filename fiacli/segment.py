@@ -17,6 +17,10 @@ in one chip has no difference between the two.
 Pixels the model must see but that carry no data (nodata, and the padding of scenes smaller than a
 chip at the right/bottom) are filled with the ImageNet mean, which the model's normalisation turns
 into zero input; their output is nodata (255) or, for padding, not written at all.
+
+``preview`` also writes a quicklook PNG (:mod:`fiacli.preview`): the scene from its overviews with
+the polygons outlined. The module is callable: ``fiacli.segment(scene, expression, output)`` is
+:func:`fiacli.api.segment` (the package has a function and a module of that name; see the end).
 """
 
 from __future__ import annotations
@@ -26,8 +30,10 @@ import datetime as dt
 import errno
 import json
 import os
+import sys
 import tempfile
 import time
+import types
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -85,7 +91,9 @@ def load_predictor(
     autocast(resolve_device(device), precision)  # bad --device/--precision: say so first
     path = Path(model)
     if not path.is_file():
-        raise FiacliError(f"model not found: {path}")
+        raise FiacliError(
+            f"model not found: {path} (neither a file nor a name listed by `fiacli models`)"
+        )
     try:
         from fiacli.predictor import RefSegPredictor
     except ImportError as exc:
@@ -122,12 +130,14 @@ class _Outputs:
     vectors: list[Path]
     probabilities: Path | None
     manifest: Path | None
+    preview: Path | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "mask": str(self.mask) if self.mask else None,
             "probabilities": str(self.probabilities) if self.probabilities else None,
             "vectors": [str(v) for v in self.vectors],
+            "preview": str(self.preview) if self.preview else None,
             "manifest": str(self.manifest) if self.manifest else None,
         }
 
@@ -138,10 +148,13 @@ def plan_outputs(
     probabilities: str | os.PathLike[str] | None = None,
     manifest: bool = True,
     overwrite: bool = False,
+    preview: str | os.PathLike[str] | None = None,
 ) -> _Outputs:
     """Sort outputs by extension and refuse, before any work, what cannot be written."""
+    from fiacli.preview import check_preview_path
+
     paths = [Path(output)] if isinstance(output, (str, os.PathLike)) else [Path(p) for p in output]
-    if not paths and probabilities is None:
+    if not paths and probabilities is None and preview is None:
         raise UsageError("no output given: pass -o OUT.gpkg, OUT.tif, …")
     known = ", ".join((*RASTER_SUFFIXES, *VECTOR_DRIVERS))
     mask, vectors = None, []
@@ -158,16 +171,17 @@ def plan_outputs(
     prob = Path(probabilities) if probabilities is not None else None
     if prob is not None and prob.suffix.lower() not in RASTER_SUFFIXES:
         raise UsageError(f"--probabilities writes a GeoTIFF; give a .tif path, not {prob}")
-    first = paths[0] if paths else prob
+    look = check_preview_path(preview) if preview is not None else None
+    first = paths[0] if paths else prob or look
     assert first is not None
     man = first.with_name(f"{first.stem}.manifest.json") if manifest else None
-    every = [p for p in (mask, *vectors, prob, man) if p is not None]
+    every = [p for p in (mask, *vectors, prob, look, man) if p is not None]
     resolved = [p.resolve() for p in every]
     if len(set(resolved)) != len(resolved):
         raise UsageError("the same output path is given twice")
     for p in every:
         check_output_path(p, overwrite=overwrite)
-    return _Outputs(mask, vectors, prob, man)
+    return _Outputs(mask, vectors, prob, man, look)
 
 
 def clean_expressions(expressions: str | Sequence[str]) -> list[str]:
@@ -298,6 +312,7 @@ class SegmentOptions:
     scope: str = "chip"
     threshold: float = 0.5
     probabilities: str | os.PathLike[str] | None = None
+    preview: str | os.PathLike[str] | None = None
     cog: bool = False
     min_area: float = 0.0
     simplify: float = 0.0
@@ -325,7 +340,8 @@ class SegmentOptions:
 
     def record(self) -> dict[str, Any]:
         """The options as the manifest stores them."""
-        skip = ("model_info", "show_progress", "overwrite", "manifest", "probabilities")
+        skip = ("model_info", "show_progress", "overwrite", "manifest", "probabilities",
+                "preview")  # fmt: skip
         out = {k: v for k, v in asdict(self).items() if k not in skip}
         out["bands"] = list(self.bands) if self.bands else None
         return out
@@ -346,6 +362,7 @@ def segment_raster(
     scope: str = "chip",
     threshold: float = 0.5,
     probabilities: str | os.PathLike[str] | None = None,
+    preview: str | os.PathLike[str] | None = None,
     cog: bool = False,
     min_area: float = 0.0,
     simplify: float = 0.0,
@@ -361,7 +378,8 @@ def segment_raster(
 
     ``.tif``: uint8 mask, one band per expression (1 object, 0 background, 255 nodata);
     ``.gpkg/.geojson/.parquet/.shp/.fgb``: polygons with ``expression``, ``area_m2``, ``pixels``
-    and ``mean_prob``; ``probabilities``: a uint8 0-255 GeoTIFF (nodata in its mask band).
+    and ``mean_prob``; ``probabilities``: a uint8 0-255 GeoTIFF (nodata in its mask band);
+    ``preview``: a PNG quicklook with the polygons outlined (:mod:`fiacli.preview`).
     ``chip`` defaults to ``predictor.image_size`` and ``overlap`` to a fifth of it (96 px at
     480); ``scope`` is ``"chip"`` or ``"scene"`` (see the module docstring); ``min_area`` is in
     m², ``simplify`` in CRS units, ``open_px`` in pixels. A file appears under its final name
@@ -371,7 +389,8 @@ def segment_raster(
     opts = SegmentOptions(
         chip=chip, overlap=overlap, blend=blend, batch_size=batch_size,
         bands=tuple(bands) if bands else None, resolution=resolution, scope=scope,
-        threshold=threshold, probabilities=probabilities, cog=cog, min_area=min_area,
+        threshold=threshold, probabilities=probabilities, preview=preview, cog=cog,
+        min_area=min_area,
         simplify=simplify, open_px=open_px, dst_crs=dst_crs,
         allow_ungeoreferenced=allow_ungeoreferenced, overwrite=overwrite, manifest=manifest,
         model_info=model_info, show_progress=show_progress,
@@ -379,8 +398,9 @@ def segment_raster(
     opts.check()
     texts = clean_expressions(expressions)
     outs = plan_outputs(
-        output, probabilities=opts.probabilities, manifest=opts.manifest, overwrite=opts.overwrite
-    )
+        output, probabilities=opts.probabilities, manifest=opts.manifest,
+        overwrite=opts.overwrite, preview=opts.preview,
+    )  # fmt: skip
     if opts.cog and outs.mask is None and outs.probabilities is None:
         raise UsageError("--cog needs a .tif output or --probabilities")
     if opts.dst_crs is not None:
@@ -432,7 +452,8 @@ def _run(scene: Scene, grid: ChipGrid, texts: list[str], outs: _Outputs,
     timings["encode"] = time.perf_counter() - t0
 
     with contextlib.ExitStack() as stack:
-        finals = [p for p in (outs.mask, outs.probabilities, *outs.vectors) if p is not None]
+        finals = [p for p in (outs.mask, outs.probabilities, *outs.vectors, outs.preview)
+                  if p is not None]  # fmt: skip
         tmp = {p: stack.enter_context(atomic_output(p, overwrite=opts.overwrite)) for p in finals}
         scratch = None
         if opts.cog:  # COGs are copied from a finished GeoTIFF, built in a hidden scratch folder
@@ -450,7 +471,8 @@ def _run(scene: Scene, grid: ChipGrid, texts: list[str], outs: _Outputs,
                 )  # fmt: skip
                 stack.callback(w.abort)
                 writers[kind] = (w, tmp[path])
-        vecs = [StreamingVectorizer(grid.width) for _ in texts] if outs.vectors else None
+        wants_polygons = bool(outs.vectors) or outs.preview is not None
+        vecs = [StreamingVectorizer(grid.width) for _ in texts] if wants_polygons else None
         sinks = _Sinks(
             n_bands, opts.threshold, writers.get("mask", (None,))[0],
             writers.get("probabilities", (None,))[0], vecs,
@@ -468,6 +490,7 @@ def _run(scene: Scene, grid: ChipGrid, texts: list[str], outs: _Outputs,
 
         t0 = time.perf_counter()
         n_polygons: list[int | None] = [None] * n_bands
+        frames: list[Any] = []
         if vecs is not None:
             frames = [
                 regions_to_frame(vec.finish(), expression=text, transform=scene.transform,
@@ -483,6 +506,12 @@ def _run(scene: Scene, grid: ChipGrid, texts: list[str], outs: _Outputs,
             for path in outs.vectors:
                 write_vectors(frame, tmp[path], dst_crs=opts.dst_crs)
         timings["vectorize"] = time.perf_counter() - t0
+        if outs.preview is not None:
+            from fiacli.preview import write_scene_preview
+
+            t0 = time.perf_counter()
+            write_scene_preview(tmp[outs.preview], scene, frames, texts)
+            timings["preview"] = time.perf_counter() - t0
         timings["total"] = time.perf_counter() - t_start
 
         record = opts.record()
@@ -573,3 +602,17 @@ def _write_manifest(path: Path, result: SegmentResult, opts: SegmentOptions) -> 
     }
     with atomic_output(path, overwrite=opts.overwrite) as tmp:
         tmp.write_text(json.dumps(payload, indent=2, default=str) + "\n")
+
+
+class _CallableModule(types.ModuleType):
+    """``from fiacli import segment`` names this module (Python binds a package's submodules as
+    its attributes), and the public API promises a function of that name: calling the module
+    runs :func:`fiacli.api.segment`, so both spellings work whatever was imported first."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> SegmentResult:
+        from fiacli.api import segment
+
+        return segment(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

@@ -81,9 +81,19 @@ def test_interrupt_exits_130_and_leaves_nothing(run_cli, oracle, scene, tmp_path
     assert sorted(p.name for p in tmp_path.iterdir()) == ["scene.tif"]
 
 
-def test_missing_model_is_a_usage_error(run_cli, scene, tmp_path):
+def test_without_a_model_the_bundled_demo_model_is_used_and_said_once(
+    run_cli, oracle, scene, tmp_path, monkeypatch
+):
+    import fiacli.demo
+
+    monkeypatch.setattr(fiacli.demo, "ASSETS", tmp_path)  # a stand-in for the bundled file
+    (tmp_path / fiacli.demo.DEMO_MODEL_FILE).write_bytes(b"stand-in")
     r = run_cli("segment", str(scene), "red", "-o", str(tmp_path / "o.tif"))
-    assert r.exit_code == 2 and "-m" in one_line(r)
+    assert r.exit_code == 0, r.stderr
+    assert oracle.loaded == [(str(tmp_path / fiacli.demo.DEMO_MODEL_FILE), "auto", "fp32")]
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "demo model" in lines[0] and "synthetic" in lines[0]
+    assert "fiacli convert" in lines[0] and "fiacli train" in lines[0]
 
 
 @pytest.mark.slow  # imports torch and the model code (seconds) to read the file's header

@@ -38,8 +38,24 @@ HELP = (
     "--scope: spatial words are relative to what the model sees. chip (default): 'on the left' "
     "means the left of each chip. scene: a coarse pass over the whole scene shrunk to one chip "
     "finds where the expression points, then full-resolution chips with the object words only "
-    "refine it there, so 'on the left' means the left of the whole scene."
+    "refine it there, so 'on the left' means the left of the whole scene.\n\n"
+    "-m: a checkpoint, or a name from `fiacli models`; without it, the bundled demo model "
+    "(trained on synthetic scenes only; say so on stderr). --demo segments the bundled demo "
+    "scene (a synthetic 2,048² px GeoTIFF): every positional argument is then an expression, "
+    "the demo expression when none is given."
 )
+
+
+def _demo_arguments(scene: str | None, expression: list[str] | None) -> tuple[str, list[str]]:
+    """With --demo, SCENE is the bundled scene and the positional words are expressions."""
+    from fiacli.demo import demo_scene_path
+    from fiacli.errors import UsageError
+
+    given = [t for t in (scene, *(expression or [])) if t is not None]
+    if given and (Path(given[0]).suffix.lower() in (".tif", ".tiff", ".vrt")
+                  or Path(given[0]).is_file()):  # fmt: skip
+        raise UsageError(f"--demo segments the bundled scene; remove the scene {given[0]!r}")
+    return str(demo_scene_path()), given
 
 
 def _read_expressions(positional: list[str] | None, repeated: list[str] | None,
@@ -65,8 +81,10 @@ def register(app: typer.Typer) -> None:
         "segment",
         help=HELP,
         epilog=examples(
+            'fiacli segment --demo "the ship" -o ship.gpkg --preview ship.png',
             'fiacli segment scene.tif "the white van on the left road" -m model.safetensors '
-            "-o van.gpkg",
+            "-o van.gpkg --preview van.png",
+            'fiacli segment scene.tif "the storage tank" -m my-model -o tanks.gpkg',
             'fiacli segment scene.tif -e "the storage tank" -e "the ship" -m model.safetensors '
             "-o objects.tif --probabilities probs.tif --cog",
             'fiacli segment big.tif "the airplane on the left" --scope scene -m model.safetensors '
@@ -76,7 +94,13 @@ def register(app: typer.Typer) -> None:
         ),
     )
     def segment(
-        scene: Annotated[str, typer.Argument(help="Raster GDAL reads (GeoTIFF, COG, VRT, URL).")],
+        scene: Annotated[
+            str | None,
+            typer.Argument(
+                help="Raster GDAL reads (GeoTIFF, COG, VRT, URL); omitted with --demo.",
+                show_default=False,
+            ),
+        ] = None,
         expression: Annotated[
             list[str] | None, typer.Argument(help="What to find, e.g. 'the ship on the left'.")
         ] = None,
@@ -89,8 +113,18 @@ def register(app: typer.Typer) -> None:
             typer.Option("--expressions", help="Text file: one expression per line, # comments."),
         ] = None,
         model: Annotated[
-            Path | None, typer.Option("-m", "--model", help="fiacli checkpoint (.safetensors).")
+            str | None,
+            typer.Option(
+                "-m",
+                "--model",
+                help="fiacli checkpoint (.safetensors) or a name from `fiacli models`. "
+                "[default: the bundled demo model]",
+            ),
         ] = None,
+        demo: Annotated[
+            bool,
+            typer.Option("--demo", help="Segment the bundled synthetic demo scene (see above)."),
+        ] = False,
         output: Annotated[
             list[Path] | None,
             typer.Option(
@@ -99,6 +133,13 @@ def register(app: typer.Typer) -> None:
         ] = None,
         probabilities: Annotated[
             Path | None, typer.Option(help="Also write probabilities (uint8 0-255 GeoTIFF).")
+        ] = None,
+        preview: Annotated[
+            Path | None,
+            typer.Option(
+                help="Also write a quicklook PNG: the scene with the result outlined, the "
+                "expression as title."
+            ),
         ] = None,
         bands: Annotated[
             str | None,
@@ -154,31 +195,36 @@ def register(app: typer.Typer) -> None:
             bool, typer.Option("--json", help="Print the run summary as JSON.")
         ] = False,
     ) -> None:
+        from fiacli.api import load_model
         from fiacli.console import console, print_json
+        from fiacli.errors import UsageError
         from fiacli.raster import open_scene, parse_bands
-        from fiacli.segment import (
-            clean_expressions,
-            load_predictor,
-            plan_outputs,
-            segment_raster,
-        )
+        from fiacli.segment import clean_expressions, plan_outputs
 
-        texts = clean_expressions(_read_expressions(expression, expressions, expressions_file))
+        if demo:
+            scene, expression = _demo_arguments(scene, expression)
+        elif scene is None:
+            raise UsageError("no scene given: fiacli segment SCENE EXPRESSION (or --demo)")
+        given = _read_expressions(expression, expressions, expressions_file)
+        if demo and not given:
+            from fiacli.demo import DEMO_EXPRESSION
+
+            given = [DEMO_EXPRESSION]
+        texts = clean_expressions(given)
         outputs = list(output or [Path(Path(scene).stem + ".gpkg")])
         band_list = parse_bands(bands)
         # refuse bad outputs and scenes before paying for the model
-        plan_outputs(outputs, probabilities=probabilities, overwrite=overwrite)
+        plan_outputs(outputs, probabilities=probabilities, overwrite=overwrite, preview=preview)
         probe = dict(bands=band_list, resolution=resolution, stretch=False,
                      allow_ungeoreferenced=allow_ungeoreferenced)  # fmt: skip
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             open_scene(scene, **probe).close()
-        predictor = load_predictor(model, device=device, precision=precision.value)
-        result = segment_raster(
+        segmenter = load_model(model, device=device, precision=precision.value)
+        result = segmenter.segment(
             scene,
             texts,
             outputs,
-            predictor=predictor,
             chip=chip,
             overlap=overlap,
             blend=blend.value,
@@ -188,6 +234,7 @@ def register(app: typer.Typer) -> None:
             scope=scope.value,
             threshold=threshold,
             probabilities=probabilities,
+            preview=preview,
             cog=cog,
             min_area=min_area,
             simplify=simplify,
@@ -195,11 +242,6 @@ def register(app: typer.Typer) -> None:
             dst_crs=dst_crs,
             allow_ungeoreferenced=allow_ungeoreferenced,
             overwrite=overwrite,
-            model_info={
-                "path": str(model),
-                "precision": precision.value,
-                "device": str(getattr(predictor, "device", device)),
-            },  # fmt: skip
             show_progress=not as_json,
         )
         if as_json:
@@ -212,7 +254,8 @@ def register(app: typer.Typer) -> None:
                 highlight=False,
             )
         written = [result.outputs["mask"], result.outputs["probabilities"],
-                   *result.outputs["vectors"], result.outputs["manifest"]]  # fmt: skip
+                   *result.outputs["vectors"], result.outputs["preview"],
+                   result.outputs["manifest"]]  # fmt: skip
         for path in written:
             if path:
                 console.print(f"wrote {path}", highlight=False)

@@ -10,7 +10,8 @@ Both live in ``fiacli/assets`` so that ``fiacli segment --demo`` works offline, 
   scale the demo model was trained on. ``demo_scene.json`` holds what was drawn where (the ground
   truth the tests and the preview check use).
 
-The scene is a patchwork of parcels (each one :func:`fiacli.training.synth.draw_scene` background)
+The scene is a patchwork of parcels the size of the training images (each a
+:func:`fiacli.training.synth.draw_scene` background, so roads and fields have the training scale)
 with objects pasted in: every object is rendered as the training data renders it (same stamp,
 shadow, water or apron backdrop, sensor noise) in a training-sized frame, and only the pixels the
 object changed are copied, so the model sees exactly the object scale it learned.
@@ -85,8 +86,8 @@ class DemoSceneSpec:
     """Everything that defines the demo scene; the defaults are the bundled one."""
 
     size: int = 2048
-    frame: int = 128  # the demo model's training image side: objects are drawn at that scale
-    parcel: int = 256  # side of each background parcel
+    frame: int = 96  # the demo model's training image side: objects are drawn at that scale
+    parcel: int = 0  # side of each background parcel; 0: the frame (roads, fields at scale)
     gsd: float = 0.5  # metres per pixel
     crs: str = "EPSG:32633"
     origin: tuple[float, float] = (448_000.0, 5_412_000.0)  # top-left corner, easting/northing
@@ -148,13 +149,13 @@ def render_demo_scene(spec: DemoSceneSpec) -> tuple[np.ndarray, np.ndarray]:
     from fiacli.training.synth import draw_scene
 
     rng = np.random.default_rng(spec.seed)
-    n = math.ceil(spec.size / spec.parcel)
-    image = np.empty((n * spec.parcel, n * spec.parcel, 3), np.uint8)
+    side = spec.parcel or spec.frame
+    n = math.ceil(spec.size / side)
+    image = np.empty((n * side, n * side, 3), np.uint8)
     for r in range(n):
         for c in range(n):
-            parcel, _ = draw_scene(rng, spec.parcel, [])
-            image[r * spec.parcel : (r + 1) * spec.parcel,
-                  c * spec.parcel : (c + 1) * spec.parcel] = parcel  # fmt: skip
+            parcel, _ = draw_scene(rng, side, [])
+            image[r * side : (r + 1) * side, c * side : (c + 1) * side] = parcel
     image = np.ascontiguousarray(image[: spec.size, : spec.size])
     labels = np.zeros((spec.size, spec.size), np.int16)
     half = spec.frame // 2
@@ -212,7 +213,7 @@ def build_demo_scene(
         "gsd_m": spec.gsd,
         "seed": spec.seed,
         "frame": spec.frame,
-        "parcel": spec.parcel,
+        "parcel": spec.parcel or spec.frame,
         "objects": objects,
         "expressions": spec.expressions,
         "demo_expression": DEMO_EXPRESSION,
@@ -237,3 +238,121 @@ def build_demo_scene(
         with atomic_output(truth, overwrite=overwrite) as tmp:
             tmp.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
     return record
+
+
+# --------------------------------------------------------------------------- maintainer tools
+
+
+def pack_demo_model(
+    src: str | os.PathLike[str],
+    dst: str | os.PathLike[str] | None = None,
+    *,
+    recipe: list[str] | None = None,
+    test_metrics: dict[str, Any] | None = None,
+) -> Path:
+    """Write ``src`` (a trained checkpoint) as the bundled demo model: every weight except the
+    frozen offline text encoder (never stored) in float16, which halves the file; loading casts
+    back to float32. ``recipe`` (the commands that trained it) and ``test_metrics`` go into the
+    checkpoint's provenance."""
+    from fiacli.models import load_checkpoint, save_checkpoint
+
+    model, meta = load_checkpoint(src)
+    for name, part in model.named_children():
+        if name != "text_encoder":
+            part.half()
+    provenance = dict(meta.get("provenance") or {})
+    provenance.update(
+        packed_from=Path(src).name,
+        weights="float16 (loaded as float32)",
+        recipe=recipe or [],
+        test=test_metrics or {},
+    )
+    target = Path(dst) if dst is not None else ASSETS / DEMO_MODEL_FILE
+    save_checkpoint(target, model, {**meta, "provenance": provenance}, overwrite=True)
+    return target
+
+
+def check_demo(
+    model: str | os.PathLike[str] | None = None,
+    *,
+    scene: str | os.PathLike[str] | None = None,
+    truth: dict[str, Any] | None = None,
+    expressions: list[str] | None = None,
+    min_area: float = 0.0,
+) -> list[dict[str, Any]]:
+    """Run each demo expression on the demo scene (CLI defaults) and score it per object.
+
+    For each expression: the target objects found (a polygon overlaps the object's box), the
+    other objects hit, and the polygons that touch no object at all. This is how the quick
+    start's expression was chosen: it must find its target and little else.
+    """
+    import tempfile
+
+    import geopandas as gpd
+    from shapely.geometry import box
+
+    from fiacli.api import load_model
+
+    truth = truth or demo_truth()
+    segmenter = load_model(model, quiet=True)
+    boxes = [box(*o["bbox_map"]) for o in truth["objects"]]
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="fiacli-demo-") as tmp:
+        for text in expressions or list(truth["expressions"]):
+            out = Path(tmp) / "out.gpkg"
+            result = segmenter.segment(
+                scene or demo_scene_path(), text, out, min_area=min_area, overwrite=True
+            )
+            polygons = gpd.read_file(out).geometry
+            targets = set(truth["expressions"].get(text, []))
+            hit = {i for i, b in enumerate(boxes) if polygons.intersects(b).any()}
+            stray = [g for g in polygons if not any(g.intersects(b) for b in boxes)]
+            rows.append({
+                "expression": text, "targets": sorted(targets),
+                "found": sorted(hit & targets), "other_objects": sorted(hit - targets),
+                "stray_polygons": len(stray),
+                "stray_m2": round(float(sum(g.area for g in stray)), 1),
+                "seconds": result.timings_s["total"],
+            })  # fmt: skip
+    return rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m fiacli.demo pack|scene|check``: how the bundled assets are (re)made."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m fiacli.demo", description=main.__doc__)
+    sub = parser.add_subparsers(dest="action", required=True)
+    pack = sub.add_parser("pack", help="a trained checkpoint -> the bundled demo model")
+    pack.add_argument("checkpoint")
+    pack.add_argument("--recipe", help="text file with the commands that trained it")
+    pack.add_argument("--test-metrics", help="fiacli eval --json output on the test split")
+    scene = sub.add_parser("scene", help="(re)draw the bundled demo scene and its truth")
+    scene.add_argument("--frame", type=int, help="object scale [default: the demo model's]")
+    check = sub.add_parser("check", help="score every demo expression on the demo scene")
+    check.add_argument("-m", "--model")
+    check.add_argument("--min-area", type=float, default=0.0)
+    args = parser.parse_args(argv)
+    if args.action == "pack":
+        recipe = Path(args.recipe).read_text().splitlines() if args.recipe else None
+        metrics = json.loads(Path(args.test_metrics).read_text()) if args.test_metrics else None
+        path = pack_demo_model(
+            args.checkpoint, recipe=recipe, test_metrics=metrics and metrics.get("metrics")
+        )
+        print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MB)")
+    elif args.action == "scene":
+        from fiacli.models import read_checkpoint_meta
+
+        spec = default_spec()
+        spec.frame = args.frame or int(read_checkpoint_meta(demo_model_path())["image_size"])
+        build_demo_scene(ASSETS / DEMO_SCENE_FILE, spec, truth=ASSETS / DEMO_TRUTH_FILE,
+                         overwrite=True)  # fmt: skip
+        size = (ASSETS / DEMO_SCENE_FILE).stat().st_size / 2**20
+        print(f"wrote {ASSETS / DEMO_SCENE_FILE} ({size:.1f} MB, objects at {spec.frame} px scale)")
+    else:
+        for row in check_demo(args.model, min_area=args.min_area):
+            print(json.dumps(row))
+
+
+if __name__ == "__main__":
+    main()

@@ -87,6 +87,10 @@ def test_tiny_objects_get_a_ring_so_they_stay_visible(tmp_path):
     scale = MAX_SIDE / 3000
     assert outline.sum() > 30  # a ring several pixels across, not a speck
     assert abs(rows.mean() - 1501 * scale) < 2 and abs(cols.mean() - 701 * scale) < 2
+    # and a zoomed inset beside the map shows it at full resolution, outlined too
+    whole = np.asarray(Image.open(png).convert("RGB"))
+    x1 = int(Image.open(png).text["fiacli:map_box"].split(",")[2])
+    assert (whole[:, x1:] == MAGENTA).all(axis=2).sum() > 10
 
 
 def test_preview_reads_the_scene_at_preview_size_only(scene, tmp_path, monkeypatch):

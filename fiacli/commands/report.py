@@ -24,11 +24,11 @@ def register(app: typer.Typer) -> None:
         run_dir: Annotated[Path, typer.Argument(help="A run folder written by fiacli train.")],
         output: Annotated[
             Path | None,
-            typer.Option("-o", "--output", help=".html or .png. [default: RUN_DIR/report.html]"),
+            typer.Option("-o", "--output", help=".html or .png. \\[default: RUN_DIR/report.html]"),
         ] = None,
         preds: Annotated[
             Path | None,
-            typer.Option(help="Folder from fiacli eval --save-preds. [default: RUN_DIR/preds]"),
+            typer.Option(help="Folder from fiacli eval --save-preds. \\[default: RUN_DIR/preds]"),
         ] = None,
         no_preds: Annotated[
             bool,

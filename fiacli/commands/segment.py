@@ -81,7 +81,7 @@ def register(app: typer.Typer) -> None:
         "segment",
         help=HELP,
         epilog=examples(
-            'fiacli segment --demo "the ship" -o ship.gpkg --preview ship.png',
+            'fiacli segment --demo "the ship" --min-area 20 -o demo.gpkg --preview demo.png',
             'fiacli segment scene.tif "the white van on the left road" -m model.safetensors '
             "-o van.gpkg --preview van.png",
             'fiacli segment scene.tif "the storage tank" -m my-model -o tanks.gpkg',
@@ -118,7 +118,7 @@ def register(app: typer.Typer) -> None:
                 "-m",
                 "--model",
                 help="fiacli checkpoint (.safetensors) or a name from `fiacli models`. "
-                "[default: the bundled demo model]",
+                "\\[default: the bundled demo model]",
             ),
         ] = None,
         demo: Annotated[
@@ -128,7 +128,7 @@ def register(app: typer.Typer) -> None:
         output: Annotated[
             list[Path] | None,
             typer.Option(
-                "-o", "--output", help="Output by extension; repeatable. [default: SCENE.gpkg]"
+                "-o", "--output", help="Output by extension; repeatable. \\[default: SCENE.gpkg]"
             ),
         ] = None,
         probabilities: Annotated[
@@ -143,17 +143,21 @@ def register(app: typer.Typer) -> None:
         ] = None,
         bands: Annotated[
             str | None,
-            typer.Option(help="Bands as R,G,B (1-based), or one band. [default: RGB, else 1,2,3]"),
+            typer.Option(
+                help="Bands as R,G,B (1-based), or one band. \\[default: RGB, else 1,2,3]"
+            ),
         ] = None,
         resolution: Annotated[
             float | None, typer.Option(help="Resample to this many metres per pixel first.")
         ] = None,
         chip: Annotated[
-            int | None, typer.Option(help="Chip side in pixels. [default: the model's, 480]")
+            int | None, typer.Option(help="Chip side in pixels. \\[default: the model's, 480]")
         ] = None,
         overlap: Annotated[
             int | None,
-            typer.Option(help="Pixels shared by neighbouring chips. [default: chip/5, 96 at 480]"),
+            typer.Option(
+                help="Pixels shared by neighbouring chips. \\[default: chip/5, 96 at 480]"
+            ),
         ] = None,
         blend: Annotated[
             Blend,

@@ -35,10 +35,7 @@ DEMO_MODEL_NAME = "fianet-tiny-demo"
 DEMO_MODEL_FILE = "fianet-tiny-demo.safetensors"
 DEMO_SCENE_FILE = "demo_scene.tif"
 DEMO_TRUTH_FILE = "demo_scene.json"
-DEMO_MODEL_DESCRIPTION = (
-    "fianet-tiny trained by fiacli on synthetic scenes (fiacli data synth); a demo, not for real "
-    "imagery"
-)
+DEMO_MODEL_DESCRIPTION = "demo only: fianet-tiny trained on synthetic scenes (fiacli data synth)"
 # The expression the quick start uses: one object in the whole scene, among look-alikes.
 DEMO_EXPRESSION = "the ship"
 DEMO_NOTE = (

@@ -18,7 +18,7 @@ def _table(entries: list) -> object:
     from rich.table import Table
 
     table = Table(title="models (-m NAME)", title_justify="left")
-    for col in ("name", "source", "trained on", "image", "val mIoU", "size", "path"):
+    for col in ("name", "source", "trained on", "image", "val mIoU", "size", "note", "path"):
         right = col in ("image", "val mIoU", "size")
         table.add_column(col, justify="right" if right else "left", overflow="fold")
     for e in entries:
@@ -35,7 +35,7 @@ def _table(entries: list) -> object:
                 f"{miou:.3f}" if isinstance(miou, (int, float)) else "",
                 f"{d.get('size_mb')} MB",
             ]
-        table.add_row(e.name, e.source, *row, e.path)
+        table.add_row(e.name, e.source, *row, e.description, e.path)
     return table
 
 

@@ -20,6 +20,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from fiacli.errors import FiacliError
+from fiacli.safe_pickle import UnsafePickleError
 from fiacli.training.datasets import (
     DATASET_NAMES,
     PUBLISHED_COUNTS,
@@ -41,9 +44,6 @@ from fiacli.training.datasets import (
 )
 from fiacli.training.readers import read_mask
 from fiacli.training.rle import MaskSizeError, RLEError, decode, decode_segmentation
-
-from fiacli.errors import FiacliError
-from fiacli.safe_pickle import UnsafePickleError
 
 ERROR, WARNING = "error", "warning"
 

@@ -29,11 +29,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from fiacli.training.readers import DataFileError, read_mask, read_rgb
-from fiacli.training.rle import MaskSizeError, RLEError, decode_segmentation
 
 from fiacli.errors import FiacliError
 from fiacli.safe_pickle import safe_load
+from fiacli.training.readers import DataFileError, read_mask, read_rgb
+from fiacli.training.rle import MaskSizeError, RLEError, decode_segmentation
 
 Sample = dict[str, Any]
 Transform = Callable[[Sample], Sample]

@@ -19,6 +19,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
+
 from fiacli.training.datasets import REFSEGRS_CLASSES, categories_in
 
 THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.9)

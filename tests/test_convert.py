@@ -170,11 +170,14 @@ def test_to_released_warns_about_parts_the_released_code_would_leave_random(
 ) -> None:
     from fiacli.models import FIANet, FIANetConfig, save_checkpoint
 
-    lean = FIANet(FIANetConfig.minimal(go_embedding=False, spatial_branch=False))
+    lean = FIANet(
+        FIANetConfig.minimal(go_embedding=False, spatial_branch=False, abs_pos_embed="sincos")
+    )
     src = save_checkpoint(tmp_path / "lean.safetensors", lean)
     result = run_cli("convert", str(src), "--to", "released", "-o", str(tmp_path / "lean.pth"))
     assert result.exit_code == 0, result.stderr
     assert "no spatial_branch, go_embedding" in result.stderr
+    assert "sincos absolute position code" in result.stderr  # no key, but a different forward
     state = torch.load(tmp_path / "lean.pth", weights_only=True)["model"]
     assert not any("go_embedding" in k or "sp_cross_attn" in k for k in state)
     assert "backbone.layers.0.object_position_align_blk.go_cross_attn.f_key.0.weight" in state

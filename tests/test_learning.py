@@ -1,8 +1,8 @@
 """The ≤ 2 minute learning check: fianet-tiny learns referring segmentation on synthetic scenes.
 
-Runs ``bench/learning_check.py --quick`` once (real commands: data synth, train, eval with and
-without the spatial phrase). The full check (≤ 10 minutes of training) is
-``python bench/learning_check.py``; its figures are in the README.
+Runs ``bench/learning_check.py --quick`` once (real commands: data synth, train for 300 steps
+capped at 2 minutes, eval with and without the spatial phrase). The full check (≤ 10 minutes of
+training) is ``python bench/learning_check.py``; its figures are in the README.
 """
 
 from __future__ import annotations
@@ -15,8 +15,11 @@ import pytest
 pytestmark = pytest.mark.slow
 
 BENCH = Path(__file__).resolve().parents[1] / "bench" / "learning_check.py"
-MIN_MIOU = 0.35  # quick variant (450 steps; measured 0.46); an untrained model scores < 0.05
-MIN_GAP = 0.10  # position-only mIoU with the spatial phrase minus without
+# Measured on seeds 0, 1, 2 (one thread): test mIoU 0.61-0.66, position-only gap +0.30-0.37.
+# An untrained model scores < 0.05; without the position code (the released Swin) the gap was
+# +0.003 and mIoU 0.46 at 450 steps.
+MIN_MIOU = 0.45
+MIN_GAP = 0.15  # position-only mIoU with the spatial phrase minus without it
 
 
 @pytest.fixture(scope="module")
@@ -29,15 +32,12 @@ def figures(tmp_path_factory):
 
 
 def test_quick_run_learns_to_segment_the_referred_object(figures):
+    assert figures["steps"] > 0 and figures["position_only_refs"] >= 30, figures
     assert figures["test_miou"] >= MIN_MIOU, figures
-    assert figures["steps"] == 450
 
 
-@pytest.mark.xfail(
-    reason="fianet-tiny (random-init Swin, no absolute position embedding, as released) does not "
-    "learn the spatial phrases within a CPU-minutes budget yet; see README, learning check",
-    strict=False,
-)
 def test_quick_run_uses_the_spatial_phrase(figures):
+    """Twins differ only by place: without the phrase the model can only guess between them."""
     gap = figures["position_only_miou"] - figures["position_only_miou_without_phrase"]
     assert gap >= MIN_GAP, figures
+    assert figures["position_only_miou"] >= MIN_MIOU, figures

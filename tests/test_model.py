@@ -12,7 +12,7 @@ from conftest import shared_path
 from timm.models.swin_transformer import SwinTransformerBlock
 
 from fiacli.models import FIANet, FIANetConfig, TextBatch, count_parameters, create_model
-from fiacli.models.swin import ReleasedOrderSwinBlock
+from fiacli.models.swin import ReleasedOrderSwinBlock, sincos_position_embedding
 
 torch.manual_seed(0)
 
@@ -161,6 +161,51 @@ def test_trainable_text_encoder_gets_gradient() -> None:
     model(torch.randn(2, 3, 64, 64), text_batch()).mean().backward()
     grad = model.text_encoder.bert.encoder.layer[0].attention.self.query.weight.grad
     assert grad is not None and grad.abs().sum() > 0
+
+
+def test_sincos_code_depends_on_the_normalised_position_only() -> None:
+    small, large = sincos_position_embedding(3, 3, 16), sincos_position_embedding(9, 9, 16)
+    assert small.shape == (3, 3, 16)
+    # token (i, j) of a 3×3 map and token (3i+1, 3j+1) of a 9×9 map sit at the same (u_y, u_x)
+    torch.testing.assert_close(small, large[1::3, 1::3], atol=1e-6, rtol=0)
+    # by hand: 2 rows, lowest frequency π; row 0 is at u_y = 0.25, column 1 of 4 at u_x = 0.375
+    code = sincos_position_embedding(2, 4, 8)  # channels: sin_y(2) cos_y(2) sin_x(2) cos_x(2)
+    assert code[0, 1, 0].item() == pytest.approx(math.sin(math.pi * 0.25), abs=1e-6)
+    assert code[0, 1, 2].item() == pytest.approx(math.cos(math.pi * 0.25), abs=1e-6)
+    assert code[0, 1, 6].item() == pytest.approx(math.cos(math.pi * 0.375), abs=1e-6)
+    assert code[0, 1, 7].item() == pytest.approx(math.cos(16 * math.pi * 0.375), abs=1e-6)
+    # every token of a map has its own code
+    flat = large.reshape(81, 16)
+    assert torch.cdist(flat, flat).add(torch.eye(81)).min() > 0.1
+    with pytest.raises(ValueError, match="divisible by 4"):
+        sincos_position_embedding(3, 3, 6)
+
+
+@pytest.mark.parametrize(("code", "varies"), [("none", False), ("sincos", True)])
+def test_abs_pos_embed_tells_the_first_fusion_where_each_pixel_is(code: str, varies: bool) -> None:
+    """Released (no code): a uniform image gives every stage-1 token the same features, so no
+    phrase can pick "the left" one; with the sin-cos code the tokens differ by place."""
+    model = FIANet(FIANetConfig.minimal(abs_pos_embed=code)).eval()
+    seen = []
+    model.fiam[0].register_forward_hook(lambda mod, args, out: seen.append(args[0]))
+    with torch.no_grad():
+        model(torch.full((1, 3, 64, 64), 0.3), text_batch(1))
+    tokens = seen[0][0]  # (L, C): the Swin stage-1 output the FIAM fuses
+    assert (tokens.std(dim=0).max() > 1e-3) == varies
+    # no parameters: the same keys either way (released conversion and key mapping unchanged)
+    assert set(model.state_dict()) == set(FIANet(FIANetConfig.minimal()).state_dict())
+
+
+def test_abs_pos_embed_defaults_and_validation() -> None:
+    assert FIANetConfig().abs_pos_embed == "none"  # the released model
+    assert create_model("fianet-tiny", device="meta").config.abs_pos_embed == "sincos"
+    old = FIANetConfig.minimal().to_dict()
+    del old["abs_pos_embed"]  # a checkpoint written before the field existed
+    assert FIANetConfig.from_dict(old).abs_pos_embed == "none"
+    with pytest.raises(ValueError, match="abs_pos_embed must be one of"):
+        FIANetConfig.minimal(abs_pos_embed="learned")
+    with pytest.raises(ValueError, match="divisible by 4"):
+        FIANetConfig.minimal(abs_pos_embed="sincos", embed_dim=18, num_heads=(1, 1, 1, 1))
 
 
 def _key_list_params(path) -> tuple[int, int]:

@@ -29,6 +29,9 @@ def test_synth_recipe_is_cpu_sized():
     cfg = resolve_config("synth")
     assert cfg.preset == "fianet-tiny"
     assert cfg.image_size < 480
+    # the released loss and optimiser settings are kept (§4)
+    assert (cfg.ce_weight, cfg.dice_weight, cfg.class_weights) == (0.9, 0.1, [0.9, 1.1])
+    assert (cfg.batch_size, cfg.weight_decay, cfg.poly_power) == (8, 0.01, 0.9)
 
 
 def test_yaml_overrides_defaults_and_flags_override_yaml(tmp_path):

@@ -127,10 +127,19 @@ RECIPES: dict[str, dict[str, Any]] = {
         "token_length": 22,
         "box_erasing": 0.2,
     },
-    # Synthetic scenes in the RRSIS-D layout: sized for a 2-core CPU, not for the paper's numbers.
+    # Synthetic scenes in the RRSIS-D layout, sized for a 2-core CPU (bench/learning_check.py:
+    # 4000 train refs -> 1500 steps, about 7 minutes on one thread). Deviations from §4, and why:
+    # - fianet-tiny (its preset adds a sin-cos absolute position code: a random-init Swin with
+    #   only relative position bias never learns "on the left"), MiniLM-L6 text encoder frozen
+    #   (its features are computed once per expression);
+    # - 96² input: the 3×3 phrase grid is exactly stage 4's 3×3 map, and a step takes ~0.26 s;
+    # - lr 2e-3 (not 3e-5): the Swin starts from random weights, not ImageNet;
+    # - 3 epochs, no box erasing, no drop path, one TMEM block: a minutes budget, clean scenes.
+    # Kept from §4: AdamW, weight decay 0.01, poly decay per iteration, batch 8,
+    # 0.9·CE([0.9, 1.1]) + 0.1·Dice (as good as 0.5/0.5 here once positions are learnable).
     "synth": {
         "preset": "fianet-tiny",
-        "epochs": 5,
+        "epochs": 3,
         "lr": 2e-3,
         "batch_size": 8,
         "image_size": 96,
@@ -141,9 +150,6 @@ RECIPES: dict[str, dict[str, Any]] = {
         "freeze_text_encoder": True,
         "weight_decay": 0.01,
         "num_workers": 0,
-        # small objects on a random-init backbone learn faster with an even CE/Dice mix
-        "ce_weight": 0.5,
-        "dice_weight": 0.5,
     },
 }
 

@@ -36,8 +36,10 @@ DEMO_MODEL_FILE = "fianet-tiny-demo.safetensors"
 DEMO_SCENE_FILE = "demo_scene.tif"
 DEMO_TRUTH_FILE = "demo_scene.json"
 DEMO_MODEL_DESCRIPTION = "demo only: fianet-tiny trained on synthetic scenes (fiacli data synth)"
-# The expression the quick start uses: one object in the whole scene, among look-alikes.
-DEMO_EXPRESSION = "the ship"
+# The expression the quick start uses: one object in the whole scene, among look-alikes. The demo
+# model finds it and, with --min-area 15 (m²), nothing else (`python -m fiacli.demo check`).
+DEMO_EXPRESSION = "the yellow vehicle"
+DEMO_MIN_AREA = 15.0
 DEMO_NOTE = (
     f"using the bundled demo model {DEMO_MODEL_NAME}, trained on synthetic scenes only; for real "
     "imagery pass -m with a released checkpoint converted by `fiacli convert`, or a model from "
@@ -95,10 +97,11 @@ class DemoSceneSpec:
 
 
 def default_spec() -> DemoSceneSpec:
-    """The bundled scene: a harbour basin with one ship, airplanes on aprons, tanks, vehicles.
+    """The bundled scene: twelve objects of five classes spread over 2,048² px of fields and roads.
 
-    One ship among white/grey airplanes of similar size and outline is what the quick start asks
-    for: the words, not the look alone, have to pick it out of 2,048² px.
+    Three vehicles (red, blue, yellow) among airplanes, a ship, storage tanks and tennis courts:
+    the quick start's "the yellow vehicle" needs the class *and* the colour word to pick one
+    object out of 4 Mpx. Each class and each colour unique within its class is a demo expression.
     """
     objs = [
         DemoObject("ship", "white", (1490, 610), 35.0),
@@ -118,8 +121,11 @@ def default_spec() -> DemoSceneSpec:
     for i, o in enumerate(objs):
         by_class.setdefault(o.cls, []).append(i)
     expressions = {f"the {cls}": idx for cls, idx in by_class.items()}
-    expressions["the red vehicle"] = [i for i, o in enumerate(objs) if o.cls == "vehicle"
-                                      and o.color == "red"]  # fmt: skip
+    for cls, idx in by_class.items():
+        colors = [objs[i].color for i in idx]
+        for i in idx:
+            if len(idx) > 1 and colors.count(objs[i].color) == 1:
+                expressions[f"the {objs[i].color} {cls}"] = [i]
     return DemoSceneSpec(objects=objs, expressions=expressions)
 
 
@@ -328,7 +334,7 @@ def main(argv: list[str] | None = None) -> None:
     scene.add_argument("--frame", type=int, help="object scale [default: the demo model's]")
     check = sub.add_parser("check", help="score every demo expression on the demo scene")
     check.add_argument("-m", "--model")
-    check.add_argument("--min-area", type=float, default=0.0)
+    check.add_argument("--min-area", type=float, default=DEMO_MIN_AREA)
     args = parser.parse_args(argv)
     if args.action == "pack":
         recipe = Path(args.recipe).read_text().splitlines() if args.recipe else None

@@ -81,7 +81,8 @@ def register(app: typer.Typer) -> None:
         "segment",
         help=HELP,
         epilog=examples(
-            'fiacli segment --demo "the ship" --min-area 20 -o demo.gpkg --preview demo.png',
+            'fiacli segment --demo "the yellow vehicle" --min-area 15 -o demo.gpkg '
+            "--preview demo.png",
             'fiacli segment scene.tif "the white van on the left road" -m model.safetensors '
             "-o van.gpkg --preview van.png",
             'fiacli segment scene.tif "the storage tank" -m my-model -o tanks.gpkg',

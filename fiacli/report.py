@@ -382,7 +382,10 @@ def write_report(
     """Write the report of ``run_dir`` (``.html`` or ``.png`` by extension; default
     ``RUN_DIR/report.html``). ``preds``: an ``eval --save-preds`` folder; ``compute=False``
     leaves the grid out when no such folder exists."""
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError:
+        raise FiacliError("fiacli report draws with matplotlib: pip install matplotlib") from None
 
     from fiacli.io import atomic_output, check_output_path
 

@@ -315,12 +315,12 @@ def _html(report: Report, curves: bytes, grid: bytes | None) -> str:
             f"<p class=shown>{shown}</p>"
         )
     return f"""<!doctype html>
-<html><head><meta charset="utf-8"><title>fiacli run {html.escape(report.run.run_dir)}</title>
+<html><head><meta charset="utf-8"><title>fiacli run {html.escape(str(report.run.run_dir))}</title>
 <style>body{{font-family:sans-serif;max-width:1100px;margin:1em auto;color:#222}}
 table{{border-collapse:collapse;margin:.5em 0}}td,th{{border:1px solid #ccc;padding:2px 8px;
 text-align:right}}th{{background:#f3f3f3}}tr.best td{{font-weight:bold;background:#fff6d6}}
 img{{max-width:100%}}</style></head><body>
-<h1>Training run {html.escape(report.run.run_dir)}</h1>
+<h1>Training run {html.escape(str(report.run.run_dir))}</h1>
 <table>{facts}</table>
 <h2>Curves</h2>{img(curves, "curves")}
 <h2>Validation metrics per epoch (%)</h2><table><tr>{head}</tr>{body}</table>

@@ -382,14 +382,8 @@ def write_report(
     """Write the report of ``run_dir`` (``.html`` or ``.png`` by extension; default
     ``RUN_DIR/report.html``). ``preds``: an ``eval --save-preds`` folder; ``compute=False``
     leaves the grid out when no such folder exists."""
-    try:
-        import matplotlib
-    except ImportError:
-        raise FiacliError("fiacli report draws with matplotlib: pip install matplotlib") from None
-
     from fiacli.io import atomic_output, check_output_path
 
-    matplotlib.use("Agg")  # files only, never a window
     target = Path(output) if output is not None else Path(run_dir) / "report.html"
     if target.suffix.lower() not in REPORT_SUFFIXES:
         raise UsageError(f"the report is .html or .png, not {target.name}")
@@ -397,6 +391,11 @@ def write_report(
         raise UsageError(f"--examples must be at least 1, got {examples}")
     run = read_run(run_dir)
     check_output_path(target, overwrite=overwrite)
+    try:
+        import matplotlib
+    except ImportError:
+        raise FiacliError("fiacli report draws with matplotlib: pip install matplotlib") from None
+    matplotlib.use("Agg")  # files only, never a window
     report = Report(run, examples=examples)
     folder = Path(preds) if preds is not None else run.run_dir / "preds"
     if preds is not None or (folder / "predictions.csv").is_file():

@@ -61,8 +61,8 @@ def load_model(kind: str, folder: Path):
     if kind == "numpy":
         return NumpyModel()
     import torch
-    from fiacli.models import create_model, save_checkpoint
 
+    from fiacli.models import create_model, save_checkpoint
     from fiacli.parsing import ParseSettings
     from fiacli.predictor import RefSegPredictor
 
@@ -109,8 +109,8 @@ def load_average() -> str:
 
 
 def bench_overhead(size: int, kind: str, folder: Path, repeats: int = 3) -> dict:
+    from fiacli.pipeline import segment_raster
     from fiacli.raster import open_scene
-    from fiacli.segment import segment_raster
     from fiacli.tiling import ChipGrid, ChipReader
 
     model = load_model(kind, folder)
@@ -162,7 +162,7 @@ def bench_overhead(size: int, kind: str, folder: Path, repeats: int = 3) -> dict
 
 def child_memory(scene: str, out: str, kind: str) -> None:
     """Runs in a fresh interpreter: one segmentation, then report RSS figures as JSON."""
-    from fiacli.segment import segment_raster
+    from fiacli.pipeline import segment_raster
 
     folder = Path(out).parent
     model = load_model(kind, folder)

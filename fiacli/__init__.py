@@ -20,7 +20,8 @@ _LAZY = {
     "FiacliError": "fiacli.errors",
     "load_model": "fiacli.api",
     "Segmenter": "fiacli.api",
-    "SegmentResult": "fiacli.segment",
+    "segment": "fiacli.api",
+    "SegmentResult": "fiacli.pipeline",
     "demo_scene_path": "fiacli.demo",
 }
 

@@ -23,12 +23,12 @@ from typing import Any
 
 import numpy as np
 
-from fiacli import segment as pipeline
+from fiacli import pipeline
 from fiacli.console import info
 from fiacli.errors import FiacliError
 from fiacli.model_registry import ResolvedModel, resolve_model
 from fiacli.parsing import parse
-from fiacli.segment import SegmentResult
+from fiacli.pipeline import SegmentResult
 
 __all__ = ["Segmenter", "load_model", "parse", "segment", "SegmentResult"]
 
@@ -64,7 +64,7 @@ class Segmenter:
         output: PathLike | Sequence[PathLike] | None = None,
         **options: Any,
     ) -> SegmentResult:
-        """Segment ``expressions`` in ``scene``; see :func:`fiacli.segment.segment_raster`.
+        """Segment ``expressions`` in ``scene``; see :func:`fiacli.pipeline.segment_raster`.
 
         ``output`` defaults to ``<scene name>.gpkg`` in the current folder, like the CLI;
         ``preview="out.png"`` also writes a quicklook with the result outlined. Every other

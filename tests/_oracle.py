@@ -7,6 +7,7 @@ tiling, blending and stitching pipeline must reproduce.
 
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -124,3 +125,17 @@ def read(path: Path, band: int | None = None) -> np.ndarray:
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
         with rasterio.open(path) as ds:
             return ds.read(band) if band else ds.read()
+
+
+def ellipsoid_cell_area(lat0: float, lat1: float, dlon: float) -> float:
+    """Area of a lat/lon cell on the WGS84 ellipsoid from the authalic-latitude formula."""
+    a, f = 6378137.0, 1 / 298.257223563
+    e = math.sqrt(f * (2 - f))
+
+    def q(lat):
+        s = math.sin(math.radians(lat))
+        return (1 - e * e) * (
+            s / (1 - e * e * s * s) - math.log((1 - e * s) / (1 + e * s)) / (2 * e)
+        )
+
+    return a * a / 2 * math.radians(dlon) * abs(q(lat1) - q(lat0))

@@ -12,8 +12,9 @@ import zipfile
 import numpy as np
 import pytest
 from fake_datasets import make_refsegrs, make_rrsisd
-from fiacli.training.check import PROBLEM_KINDS, check_archive, check_dataset
 from PIL import Image
+
+from fiacli.training.check import PROBLEM_KINDS, check_archive, check_dataset
 
 
 def kinds(problems, severity=None):

@@ -17,6 +17,11 @@ from fake_datasets import (
     refsegrs_expected_mask,
     runs_column_major,
 )
+from PIL import Image
+from torch.utils.data import DataLoader
+
+from fiacli.errors import FiacliError
+from fiacli.safe_pickle import UnsafePickleError
 from fiacli.training import rle
 from fiacli.training.datasets import (
     PUBLISHED_COUNTS,
@@ -30,11 +35,6 @@ from fiacli.training.datasets import (
     open_dataset,
 )
 from fiacli.training.transforms import Resize
-from PIL import Image
-from torch.utils.data import DataLoader
-
-from fiacli.errors import FiacliError
-from fiacli.safe_pickle import UnsafePickleError
 
 # --------------------------------------------------------------------------- RRSIS-D
 

@@ -1,5 +1,5 @@
 """The bundled demo: a scene that really tiles, a small model that rebuilds from its recorded
-recipe, ``segment --demo``, and the quick start's preview showing the ship where it is."""
+recipe, ``segment --demo``, and the quick start's preview showing the vehicle where it is."""
 
 from __future__ import annotations
 
@@ -14,10 +14,9 @@ from conftest import REPO
 from PIL import Image
 
 import fiacli.demo
-import fiacli.segment
+import fiacli.pipeline
 from fiacli.demo import (
     DEMO_EXPRESSION,
-    DEMO_MIN_AREA,
     DEMO_MODEL_FILE,
     demo_model_path,
     demo_scene_path,
@@ -113,7 +112,7 @@ def test_the_bundled_model_rebuilds_from_its_recorded_recipe():
 def oracle(monkeypatch, tmp_path):
     """A stand-in demo model and a small stand-in demo scene, so --demo runs in milliseconds."""
     model = Oracle()
-    monkeypatch.setattr(fiacli.segment, "load_predictor", lambda *a, **k: model)
+    monkeypatch.setattr(fiacli.pipeline, "load_predictor", lambda *a, **k: model)
     assets = tmp_path / "assets"
     assets.mkdir()
     (assets / DEMO_MODEL_FILE).write_bytes(b"stand-in")
@@ -157,25 +156,45 @@ def test_a_missing_bundled_model_is_one_clear_line(run_cli, tmp_path, monkeypatc
 # --------------------------------------------------------------------------- the quick start
 
 
+def readme_quick_start() -> list[str]:
+    """The README's quick-start lines, as a user copies them."""
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    block = text.split("<!-- quick-start -->")[1].split("<!-- /quick-start -->")[0]
+    return [ln for ln in block.splitlines() if ln.strip() and not ln.startswith("```")]
+
+
+def test_quick_start_is_two_commands_set_up_then_the_job_and_the_tests():
+    first, second, *rest = readme_quick_start()
+    assert not rest
+    assert first.startswith("pip install -e . && fiacli segment --demo ")
+    test_command = (REPO / "README.md").read_text(encoding="utf-8").split("<!-- test-command -->")
+    test_command = test_command[1].split("```bash")[1].split("```")[0].strip()
+    assert second == f'pip install -e ".[dev]" && {test_command}'
+
+
 @pytest.mark.slow  # the README's first command, for real: 2,048² px through the demo model
-def test_quick_start_preview_outlines_the_ship_and_nothing_else(run_cli, tmp_path):
+def test_quick_start_preview_outlines_the_vehicle_and_nothing_else(run_cli, tmp_path, monkeypatch):
     from fiacli.preview import COLORS, SMALL_PX
 
-    png = tmp_path / "demo.png"
-    r = run_cli("segment", "--demo", DEMO_EXPRESSION, "--min-area", str(DEMO_MIN_AREA),
-                "-o", str(tmp_path / "demo.gpkg"), "--preview", str(png))  # fmt: skip
+    job = shlex.split(readme_quick_start()[0].split("&&", 1)[1])
+    assert job[:2] == ["fiacli", "segment"] and "--preview" in job
+    monkeypatch.chdir(tmp_path)
+    r = run_cli(*job[1:])
     assert r.exit_code == 0, r.stderr
+    png = tmp_path / job[job.index("--preview") + 1]
+    assert (tmp_path / job[job.index("-o") + 1]).is_file()
+    expression = job[job.index("--demo") + 1]
     image = Image.open(png)
     x0, y0, x1, y1 = (int(v) for v in image.text["fiacli:map_box"].split(","))
     view = np.asarray(image.convert("RGB"))[y0:y1, x0:x1]
     outline = (view == np.array(COLORS[0])).all(axis=2)
     truth = demo_truth()
     scale = view.shape[1] / truth["width"]
-    (target,) = truth["expressions"][DEMO_EXPRESSION]
+    (target,) = truth["expressions"][expression]
     bx0, by0, bx1, by1 = (round(v * scale) for v in truth["objects"][target]["bbox_px"])
     pad = SMALL_PX + 6  # the ring drawn around small objects, and its width
     near = np.zeros_like(outline)
     near[max(by0 - pad, 0) : by1 + pad, max(bx0 - pad, 0) : bx1 + pad] = True
-    assert (outline & near).sum() >= 20, "the ship is not outlined"
-    assert not (outline & ~near).any(), "something other than the ship is outlined"
-    assert image.text["Title"] == DEMO_EXPRESSION
+    assert (outline & near).sum() >= 20, "the vehicle is not outlined"
+    assert not (outline & ~near).any(), "something other than the vehicle is outlined"
+    assert image.text["Title"] == expression

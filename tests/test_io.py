@@ -58,7 +58,8 @@ def test_atomic_output_refusals(tmp_path):
     existing.write_text("x")
     with pytest.raises(FiacliError, match="overwrite"), atomic_output(existing):
         pass
-    with pytest.raises(FiacliError, match="does not exist"), atomic_output(tmp_path / "no" / "x.tif"):
+    missing_folder = tmp_path / "no" / "x.tif"
+    with pytest.raises(FiacliError, match="does not exist"), atomic_output(missing_folder):
         pass
 
 

@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+
 from fiacli.training.losses import SegmentationLoss, dice_loss
 
 # Two pixels. Pixel a: logits (0, 0) -> softmax (1/2, 1/2), target 0.

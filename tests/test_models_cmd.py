@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from _oracle import Oracle, random_rgb, write_tif
 
-import fiacli.segment
+import fiacli.pipeline
 from fiacli.demo import DEMO_MODEL_FILE, DEMO_MODEL_NAME, demo_model_path
 from fiacli.errors import FiacliError
 from fiacli.model_registry import config_dir, registry_path, resolve_model
@@ -160,7 +160,7 @@ def test_segment_resolves_registered_names(run_cli, ckpt, tmp_path, monkeypatch)
         loaded.append(str(path))
         return Oracle()
 
-    monkeypatch.setattr(fiacli.segment, "load_predictor", load)
+    monkeypatch.setattr(fiacli.pipeline, "load_predictor", load)
     run_cli("models", "add", "mine", str(ckpt))
     scene = write_tif(tmp_path / "scene.tif", random_rgb(40, 50))
     r = run_cli("segment", str(scene), "red", "-m", "mine", "-o", str(tmp_path / "o.tif"))

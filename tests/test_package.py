@@ -15,7 +15,8 @@ def test_models_and_training_live_in_the_fiacli_namespace(tmp_path):
     # Run from an unrelated folder so the repository's own folders cannot shadow the install.
     code = (
         "import importlib.util, fiacli.models, fiacli.training;"
-        "print(importlib.util.find_spec('models') is None, importlib.util.find_spec('training') is None)"
+        "find = importlib.util.find_spec;"
+        "print(find('models') is None, find('training') is None)"
     )
     out = subprocess.run(
         [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=True

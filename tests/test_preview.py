@@ -7,9 +7,9 @@ import pytest
 from _oracle import Oracle, write_tif
 from PIL import Image
 
-import fiacli.segment
+import fiacli.pipeline
+from fiacli.pipeline import segment_raster
 from fiacli.preview import COLORS, MAX_SIDE
-from fiacli.segment import segment_raster
 
 MAGENTA = np.array(COLORS[0])
 CYAN = np.array(COLORS[1])
@@ -120,7 +120,7 @@ def test_nothing_found_still_writes_a_titled_preview(scene, tmp_path):
 @pytest.fixture
 def oracle(monkeypatch):
     model = Oracle()
-    monkeypatch.setattr(fiacli.segment, "load_predictor", lambda *a, **k: model)
+    monkeypatch.setattr(fiacli.pipeline, "load_predictor", lambda *a, **k: model)
     return model
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import errno
 import gc
 import json
-import math
 import tracemalloc
 
 import geopandas as gpd
@@ -18,12 +17,12 @@ import pytest
 import rasterio
 import rasterio.features
 import shapely
-from _oracle import Oracle, random_rgb, read, whole_scene, write_tif
+from _oracle import Oracle, ellipsoid_cell_area, random_rgb, read, whole_scene, write_tif
 from affine import Affine
 from scipy import ndimage
 
 from fiacli.errors import FiacliError, UsageError
-from fiacli.segment import segment_raster
+from fiacli.pipeline import segment_raster
 
 pytestmark = pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning")
 
@@ -207,19 +206,6 @@ def test_outputs_keep_crs_and_transform_exactly(tmp_path, crs, transform):
     ).equals_exact(shapely.Polygon(corners).normalize(), 1e-7)  # fmt: skip
 
 
-def _ellipsoid_cell_area(lat0: float, lat1: float, dlon: float) -> float:
-    a, f = 6378137.0, 1 / 298.257223563
-    e = math.sqrt(f * (2 - f))
-
-    def q(lat):
-        s = math.sin(math.radians(lat))
-        return (1 - e * e) * (
-            s / (1 - e * e * s * s) - math.log((1 - e * s) / (1 + e * s)) / (2 * e)
-        )
-
-    return a * a / 2 * math.radians(dlon) * abs(q(lat1) - q(lat0))
-
-
 def test_min_area_is_square_metres_in_a_geographic_crs(tmp_path):
     rgb = np.zeros((3, 60, 60), np.uint8)
     rgb[0, 5:15, 5:15] = 255  # 100 px
@@ -228,7 +214,7 @@ def test_min_area_is_square_metres_in_a_geographic_crs(tmp_path):
     scene = write_tif(
         tmp_path / "s.tif", rgb, crs="EPSG:4326", transform=Affine(d, 0, 10, 0, -d, 45)
     )
-    px = _ellipsoid_cell_area(45 - d, 45, d)
+    px = ellipsoid_cell_area(45 - d, 45, d)
     run(tmp_path, scene, outputs=("v.gpkg",), chip=32, overlap=8, min_area=200 * px)
     frame = gpd.read_file(tmp_path / "v.gpkg")
     assert list(frame["pixels"]) == [400]

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from _oracle import Oracle, random_rgb, read, write_tif
 
-import fiacli.segment
+import fiacli.pipeline
 
 pytestmark = pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning")
 
@@ -25,7 +25,7 @@ def oracle(monkeypatch):
         model.loaded.append((str(path), device, precision))
         return model
 
-    monkeypatch.setattr(fiacli.segment, "load_predictor", load)
+    monkeypatch.setattr(fiacli.pipeline, "load_predictor", load)
     return model
 
 
@@ -139,7 +139,7 @@ def test_bad_input_is_one_clear_line(run_cli, oracle, scene, tmp_path, monkeypat
     if "-o" not in argv:
         argv += ["-o", str(tmp_path / "o.gpkg")]
     if "--device" in argv:  # the real loader validates the device
-        monkeypatch.setattr(fiacli.segment, "load_predictor", _real_loader)
+        monkeypatch.setattr(fiacli.pipeline, "load_predictor", _real_loader)
     r = run_cli("segment", *argv, "-m", "m.safetensors")
     assert r.exit_code == code, (r.exit_code, r.stderr)
     assert message in one_line(r)
@@ -151,7 +151,7 @@ def test_choices_are_checked_by_the_parser(run_cli, scene):
     assert r.exit_code == 2 and "'max' is not one of" in r.stderr
 
 
-_real_loader = fiacli.segment.load_predictor
+_real_loader = fiacli.pipeline.load_predictor
 
 
 def test_read_only_output_folder(run_cli, oracle, scene, tmp_path, monkeypatch):

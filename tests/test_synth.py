@@ -7,6 +7,8 @@ import pickle
 
 import numpy as np
 import pytest
+
+from fiacli.errors import FiacliError
 from fiacli.training import synth
 from fiacli.training.datasets import RRSISD, RRSISD_CLASSES, open_dataset
 from fiacli.training.synth import (
@@ -16,8 +18,6 @@ from fiacli.training.synth import (
     draw_scene,
     generate_synth,
 )
-
-from fiacli.errors import FiacliError
 
 PHRASE_CELL = {p: cell for cell, p in GRID_PHRASES.items()}
 

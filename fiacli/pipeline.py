@@ -19,8 +19,7 @@ chip at the right/bottom) are filled with the ImageNet mean, which the model's n
 into zero input; their output is nodata (255) or, for padding, not written at all.
 
 ``preview`` also writes a quicklook PNG (:mod:`fiacli.preview`): the scene from its overviews with
-the polygons outlined. The module is callable: ``fiacli.segment(scene, expression, output)`` is
-:func:`fiacli.api.segment` (the package has a function and a module of that name; see the end).
+the polygons outlined.
 """
 
 from __future__ import annotations
@@ -30,10 +29,8 @@ import datetime as dt
 import errno
 import json
 import os
-import sys
 import tempfile
 import time
-import types
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -602,17 +599,3 @@ def _write_manifest(path: Path, result: SegmentResult, opts: SegmentOptions) -> 
     }
     with atomic_output(path, overwrite=opts.overwrite) as tmp:
         tmp.write_text(json.dumps(payload, indent=2, default=str) + "\n")
-
-
-class _CallableModule(types.ModuleType):
-    """``from fiacli import segment`` names this module (Python binds a package's submodules as
-    its attributes), and the public API promises a function of that name: calling the module
-    runs :func:`fiacli.api.segment`, so both spellings work whatever was imported first."""
-
-    def __call__(self, *args: Any, **kwargs: Any) -> SegmentResult:
-        from fiacli.api import segment
-
-        return segment(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule

@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from fiacli.cli import examples
+from fiacli.commands.options import JsonOutput, Overwrite
 
 
 def register(app: typer.Typer) -> None:
@@ -67,12 +68,8 @@ def register(app: typer.Typer) -> None:
                 show_default=False,
             ),
         ] = None,
-        overwrite: Annotated[
-            bool, typer.Option("-f", "--overwrite", help="Replace OUTPUT if it exists.")
-        ] = False,
-        json_output: Annotated[
-            bool, typer.Option("--json", help="Print a machine-readable summary on stdout.")
-        ] = False,
+        overwrite: Overwrite = False,
+        json_output: JsonOutput = False,
     ) -> None:
         from fiacli.console import console, print_json
         from fiacli.errors import UsageError

@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from fiacli.commands.options import DataRoot, JsonOutput
+
 if TYPE_CHECKING:
     from rich.console import Console
 
@@ -41,9 +43,7 @@ def register(app: typer.Typer) -> None:
         ),
     )
     def check(
-        data_root: Annotated[
-            Path, typer.Option("--data-root", help="Folder holding the dataset (or its archive).")
-        ],
+        data_root: DataRoot,
         dataset: Annotated[
             DatasetChoice,
             typer.Option(
@@ -66,7 +66,7 @@ def register(app: typer.Typer) -> None:
                 "--all", help=f"List every problem (default: {MAX_ROWS_PER_KIND} per kind)."
             ),
         ] = False,
-        json_out: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+        json_out: JsonOutput = False,
     ) -> None:
         """Validate a dataset before training (exit code 1 if any error).
 
@@ -151,9 +151,7 @@ def register(app: typer.Typer) -> None:
                 "-f", "--overwrite", help="Replace OUTPUT if it is an earlier synthetic dataset."
             ),
         ] = False,
-        json_out: Annotated[
-            bool, typer.Option("--json", help="Print the summary as JSON.")
-        ] = False,
+        json_out: JsonOutput = False,
     ) -> None:
         """Generate a synthetic referring dataset in the RRSIS-D layout.
 

@@ -8,6 +8,8 @@ from typing import Annotated
 
 import typer
 
+from fiacli.commands.options import DataRoot, Device, JsonOutput, NumWorkers
+
 
 def register(app: typer.Typer) -> None:
     from fiacli.cli import examples
@@ -25,7 +27,7 @@ def register(app: typer.Typer) -> None:
     )
     def evaluate(
         model: Annotated[Path, typer.Option("--model", "-m", help="fiacli checkpoint.")],
-        data_root: Annotated[Path, typer.Option(help="Dataset folder.")],
+        data_root: DataRoot,
         dataset: Annotated[
             str, typer.Option(help="rrsisd, refsegrs, synth, or auto (detect the layout).")
         ] = "auto",
@@ -48,9 +50,9 @@ def register(app: typer.Typer) -> None:
             Path | None, typer.Option(help="Reuse/write parses in this JSONL cache.")
         ] = None,
         batch_size: Annotated[int, typer.Option(help="Images per forward.")] = 8,
-        num_workers: Annotated[int, typer.Option(help="Data loading processes.")] = 0,
-        device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
-        json_out: Annotated[bool, typer.Option("--json", help="Print JSON on stdout.")] = False,
+        num_workers: NumWorkers = 0,
+        device: Device = "auto",
+        json_out: JsonOutput = False,
         csv_out: Annotated[bool, typer.Option("--csv", help="Print CSV on stdout.")] = False,
     ) -> None:
         """Pr@0.5–0.9, oIoU and mIoU (§6) of a checkpoint on one split, and mIoU per category.

@@ -7,6 +7,8 @@ from typing import Annotated
 
 import typer
 
+from fiacli.commands.options import JsonOutput
+
 HELP = (
     "List the models -m accepts by name: the bundled demo model and the ones you registered.\n\n"
     "Registered names are kept in models.json in the fiacli config folder ($FIACLI_HOME, else "
@@ -58,7 +60,7 @@ def register(app: typer.Typer) -> None:
     @models_app.callback(invoke_without_command=True)
     def list_models(
         ctx: typer.Context,
-        as_json: Annotated[bool, typer.Option("--json", help="Print the list as JSON.")] = False,
+        as_json: JsonOutput = False,
     ) -> None:
         """List the bundled and registered models."""
         if ctx.invoked_subcommand is not None:

@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from fiacli.commands.options import JsonOutput, Overwrite
+
 if TYPE_CHECKING:
     from fiacli.parsing import ParsedExpression, ParseSettings
 
@@ -219,8 +221,8 @@ def register(app: typer.Typer) -> None:
         output: Annotated[
             Path | None, typer.Option("-o", "--output", help="JSONL parse cache to write (batch).")
         ] = None,
-        overwrite: Annotated[bool, typer.Option("-f", "--overwrite", help="Replace -o.")] = False,
-        json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+        overwrite: Overwrite = False,
+        json: JsonOutput = False,
     ) -> None:
         from fiacli.console import info, print_json, warn
         from fiacli.errors import UsageError

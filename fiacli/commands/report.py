@@ -7,6 +7,8 @@ from typing import Annotated
 
 import typer
 
+from fiacli.commands.options import Device, JsonOutput, Overwrite
+
 
 def register(app: typer.Typer) -> None:
     from fiacli.cli import examples
@@ -39,15 +41,9 @@ def register(app: typer.Typer) -> None:
         n_examples: Annotated[
             int, typer.Option("--examples", help="How many best and how many worst to show.")
         ] = 6,
-        device: Annotated[str, typer.Option(help="auto, cpu or cuda (computing predictions).")] = (
-            "auto"
-        ),
-        overwrite: Annotated[
-            bool, typer.Option("-f", "--overwrite", help="Replace an existing report.")
-        ] = False,
-        as_json: Annotated[
-            bool, typer.Option("--json", help="Print the run summary as JSON.")
-        ] = False,
+        device: Device = "auto",
+        overwrite: Overwrite = False,
+        as_json: JsonOutput = False,
     ) -> None:
         """Report a training run: curves, metrics per epoch, best and worst predictions.
 

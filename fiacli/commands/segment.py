@@ -9,6 +9,8 @@ from typing import Annotated
 
 import typer
 
+from fiacli.commands.options import Device, JsonOutput, Overwrite
+
 
 class Blend(str, Enum):
     cosine = "cosine"
@@ -165,7 +167,7 @@ def register(app: typer.Typer) -> None:
             typer.Option(help="cosine-weighted average, each chip's centre only, or plain mean."),
         ] = Blend.cosine,
         batch_size: Annotated[int, typer.Option(help="Chips per model call.")] = 4,
-        device: Annotated[str, typer.Option(help="auto, cpu or cuda[:N].")] = "auto",
+        device: Device = "auto",
         precision: Annotated[
             Precision, typer.Option(help="fp16 needs CUDA; bf16 works on CPU too.")
         ] = Precision.fp32,
@@ -193,18 +195,14 @@ def register(app: typer.Typer) -> None:
             bool,
             typer.Option(help="Accept a scene without CRS; outputs are in pixel coordinates."),
         ] = False,
-        overwrite: Annotated[
-            bool, typer.Option("-f", "--overwrite", help="Replace existing outputs.")
-        ] = False,
-        as_json: Annotated[
-            bool, typer.Option("--json", help="Print the run summary as JSON.")
-        ] = False,
+        overwrite: Overwrite = False,
+        as_json: JsonOutput = False,
     ) -> None:
         from fiacli.api import load_model
         from fiacli.console import console, print_json
         from fiacli.errors import UsageError
+        from fiacli.pipeline import clean_expressions, plan_outputs
         from fiacli.raster import open_scene, parse_bands
-        from fiacli.segment import clean_expressions, plan_outputs
 
         if demo:
             scene, expression = _demo_arguments(scene, expression)

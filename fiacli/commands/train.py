@@ -7,6 +7,13 @@ from typing import Annotated
 
 import typer
 
+from fiacli.commands.options import (
+    JsonOutput,
+    OptionalDataRoot,
+    OptionalDevice,
+    OptionalNumWorkers,
+)
+
 
 def register(app: typer.Typer) -> None:
     from fiacli.cli import examples
@@ -29,9 +36,7 @@ def register(app: typer.Typer) -> None:
             str | None,
             typer.Option(help="rrsisd, refsegrs or synth; picks the released recipe's defaults."),
         ] = None,
-        data_root: Annotated[
-            Path | None, typer.Option(help="Dataset folder (RRSIS-D or RefSegRS layout).")
-        ] = None,
+        data_root: OptionalDataRoot = None,
         config: Annotated[
             Path | None,
             typer.Option("--config", help="YAML file of config keys; flags override it."),
@@ -80,12 +85,12 @@ def register(app: typer.Typer) -> None:
         deterministic: Annotated[
             bool | None, typer.Option("--deterministic", help="Deterministic kernels (slower).")
         ] = None,
-        device: Annotated[str | None, typer.Option(help="auto, cpu or cuda.")] = None,
+        device: OptionalDevice = None,
         precision: Annotated[
             str | None,
             typer.Option(help="auto (bf16/fp16 on CUDA, fp32 on CPU), fp32, bf16, fp16."),
         ] = None,
-        num_workers: Annotated[int | None, typer.Option(help="Data loading processes.")] = None,
+        num_workers: OptionalNumWorkers = None,
         max_steps: Annotated[
             int | None, typer.Option(help="Stop (resumably) after this many optimiser steps.")
         ] = None,
@@ -95,9 +100,7 @@ def register(app: typer.Typer) -> None:
         tensorboard: Annotated[
             bool | None, typer.Option("--tensorboard", help="Also log to TensorBoard.")
         ] = None,
-        json_out: Annotated[
-            bool, typer.Option("--json", help="Print the result as JSON on stdout.")
-        ] = False,
+        json_out: JsonOutput = False,
     ) -> None:
         """Train FIANet with the released recipe of the dataset (§4), on CPU, one GPU or many.
 

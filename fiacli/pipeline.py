@@ -48,13 +48,7 @@ from fiacli.errors import FiacliError, UsageError
 from fiacli.io import atomic_output, check_output_path
 from fiacli.raster import FILL_RGB, RasterRowWriter, Scene, open_scene, translate_to_cog
 from fiacli.tiling import BLENDS, ChipGrid, ChipReader, ChipWindow, RowStitcher
-from fiacli.vectorize import (
-    VECTOR_DRIVERS,
-    RowOpening,
-    StreamingVectorizer,
-    regions_to_frame,
-    write_vectors,
-)
+from fiacli.vectorize import VECTOR_DRIVERS, PolygonWriter, RowOpening
 
 RASTER_SUFFIXES = (".tif", ".tiff")
 SCOPES = ("chip", "scene")
@@ -248,12 +242,12 @@ class _Sinks:
         threshold: float,
         mask: RasterRowWriter | None,
         prob: RasterRowWriter | None,
-        vectorizers: list[StreamingVectorizer] | None,
+        polygons: PolygonWriter | None,
         opening: RowOpening | None,
     ) -> None:
         self.threshold, self.mask, self.prob = threshold, mask, prob
-        self.vectorizers, self.opening = vectorizers, opening
-        self.need_prob = prob is not None or vectorizers is not None
+        self.polygons, self.opening = polygons, opening
+        self.need_prob = prob is not None or polygons is not None
         self.foreground = np.zeros(bands, np.int64)
         self.valid_pixels = 0
         self.seconds = 0.0
@@ -287,8 +281,9 @@ class _Sinks:
             self.mask.write(mask)
         if self.prob is not None:
             self.prob.write(prob, valid)
-        for band, vec in enumerate(self.vectorizers or []):
-            vec.add_rows(mask[band], None if prob is None else prob[band])
+        if self.polygons is not None:
+            for band in range(mask.shape[0]):
+                self.polygons.add_rows(band, mask[band], None if prob is None else prob[band])
 
 
 def _disk_error(exc: BaseException) -> bool:
@@ -469,10 +464,15 @@ def _run(scene: Scene, grid: ChipGrid, texts: list[str], outs: _Outputs,
                 stack.callback(w.abort)
                 writers[kind] = (w, tmp[path])
         wants_polygons = bool(outs.vectors) or outs.preview is not None
-        vecs = [StreamingVectorizer(grid.width) for _ in texts] if wants_polygons else None
+        polygons = None
+        if wants_polygons:
+            polygons = stack.enter_context(PolygonWriter(
+                grid.width, texts, finals[0].parent, transform=scene.transform, crs=scene.crs,
+                min_area=opts.min_area, simplify=opts.simplify,
+            ))  # fmt: skip
         sinks = _Sinks(
             n_bands, opts.threshold, writers.get("mask", (None,))[0],
-            writers.get("probabilities", (None,))[0], vecs,
+            writers.get("probabilities", (None,))[0], polygons,
             RowOpening(opts.open_px) if opts.open_px > 0 else None,
         )  # fmt: skip
         counts = _stream(scene, grid, predictor, encoded, regions, sinks, opts, timings)
@@ -487,27 +487,16 @@ def _run(scene: Scene, grid: ChipGrid, texts: list[str], outs: _Outputs,
 
         t0 = time.perf_counter()
         n_polygons: list[int | None] = [None] * n_bands
-        frames: list[Any] = []
-        if vecs is not None:
-            frames = [
-                regions_to_frame(vec.finish(), expression=text, transform=scene.transform,
-                                 crs=scene.crs, min_area=opts.min_area, simplify=opts.simplify)
-                for vec, text in zip(vecs, texts, strict=True)
-            ]  # fmt: skip
-            n_polygons = [len(f) for f in frames]
-            frame = frames[0]
-            if len(frames) > 1:
-                import pandas as pd
-
-                frame = pd.concat(frames, ignore_index=True)
+        if polygons is not None:
+            n_polygons = list(polygons.finish())
             for path in outs.vectors:
-                write_vectors(frame, tmp[path], dst_crs=opts.dst_crs)
+                polygons.write(tmp[path], dst_crs=opts.dst_crs)
         timings["vectorize"] = time.perf_counter() - t0
-        if outs.preview is not None:
+        if outs.preview is not None and polygons is not None:
             from fiacli.preview import write_scene_preview
 
             t0 = time.perf_counter()
-            write_scene_preview(tmp[outs.preview], scene, frames, texts)
+            write_scene_preview(tmp[outs.preview], scene, polygons.frames(), texts)
             timings["preview"] = time.perf_counter() - t0
         timings["total"] = time.perf_counter() - t_start
 

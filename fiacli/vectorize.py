@@ -10,7 +10,10 @@ in a lat/lon CRS, planar corrected by the projection's areal scale otherwise (We
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
+import tempfile
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -27,6 +30,11 @@ from scipy import ndimage
 from fiacli.errors import FiacliError
 
 FOUR = ndimage.generate_binary_structure(2, 1)
+# What memory holds of the results: closed polygons go to the spool once they total this many
+# vertices (a polygon count would not do: one noisy polygon can have tens of thousands), and are
+# copied to each output this many features at a time.
+SPOOL_VERTICES = 200_000
+COPY_FEATURES = 2_000
 VECTOR_DRIVERS = {
     ".gpkg": "GPKG",
     ".geojson": "GeoJSON",
@@ -94,7 +102,13 @@ class StreamingVectorizer:
         self._window()
         for root in list(self.open):
             self._close(root)
-        return self.out
+        return self.take()
+
+    def take(self) -> Regions:
+        """The regions closed so far, handed over and forgotten (streaming writers call this
+        as they go, so closed polygons never pile up in memory)."""
+        out, self.out = self.out, Regions()
+        return out
 
     def _find(self, g: int) -> int:
         root = g
@@ -360,3 +374,160 @@ def write_vectors(frame: Any, path: str | os.PathLike[str], *, dst_crs: Any = No
             layer="polygons" if suffix == ".gpkg" else None,
             geometry_type="Polygon",
         )
+
+
+class PolygonWriter:
+    """Polygons of several expressions, from mask rows streamed top to bottom, to any number of
+    vector outputs, with memory for one batch of polygons whatever the scene holds.
+
+    Closed polygons go, about :data:`SPOOL_VERTICES` vertices at a time, to a hidden GeoPackage
+    in ``folder`` (the outputs' folder, so a full disk shows there); :meth:`write` then streams
+    that spool into each requested format, :data:`COPY_FEATURES` at a time with Arrow
+    (reprojected on the way for ``dst_crs``). Use as a context manager: the spool is removed on
+    exit, whatever happened.
+    """
+
+    def __init__(
+        self,
+        width: int,
+        expressions: Sequence[str],
+        folder: str | os.PathLike[str],
+        *,
+        transform: Affine,
+        crs: Any,
+        min_area: float = 0.0,
+        simplify: float = 0.0,
+        batch_vertices: int = SPOOL_VERTICES,
+        window_pixels: int = 1 << 20,
+    ) -> None:
+        self.expressions = list(expressions)
+        self.vectorizers = [
+            StreamingVectorizer(width, window_pixels=window_pixels) for _ in self.expressions
+        ]
+        self.counts = [0] * len(self.expressions)
+        self.frame_options = {"transform": transform, "crs": crs, "min_area": min_area,
+                              "simplify": simplify}  # fmt: skip
+        self.crs, self.batch_vertices = crs, batch_vertices
+        self.pending = [0] * len(self.expressions)  # vertices closed and not yet spooled
+        self.seen = [0] * len(self.expressions)  # of those, polygons already counted
+        fd, name = tempfile.mkstemp(prefix=".fiacli-polygons-", suffix=".gpkg", dir=folder)
+        os.close(fd)
+        os.unlink(name)  # GDAL creates it on the first write
+        self.spool = name
+        self.spooled = 0
+
+    def __enter__(self) -> PolygonWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for suffix in ("", "-journal", "-wal", "-shm"):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.spool + suffix)
+
+    def add_rows(self, band: int, mask: np.ndarray, prob: np.ndarray | None = None) -> None:
+        """Mask rows ``(h, width)`` of expression ``band`` (see StreamingVectorizer.add_rows)."""
+        vec = self.vectorizers[band]
+        vec.add_rows(mask, prob)
+        new = vec.out.geometries[self.seen[band] :]
+        if new:
+            self.pending[band] += int(shapely.get_num_coordinates(new).sum())
+            self.seen[band] = len(vec.out)
+        if self.pending[band] >= self.batch_vertices:
+            self._spool(band, vec.take())
+            self.pending[band] = self.seen[band] = 0
+
+    def finish(self) -> list[int]:
+        """Close every region; returns the number of polygons kept per expression."""
+        for band, vec in enumerate(self.vectorizers):
+            self._spool(band, vec.finish())
+        return self.counts
+
+    def _spool(self, band: int, regions: Regions) -> None:
+        frame = regions_to_frame(regions, expression=self.expressions[band], **self.frame_options)
+        if len(frame) == 0:
+            return
+        import pyogrio
+
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*crs.* not provided", category=UserWarning)
+            pyogrio.write_dataframe(frame, self.spool, layer="polygons", driver="GPKG",
+                                    append=self.spooled > 0, geometry_type="Polygon")  # fmt: skip
+        self.counts[band] += len(frame)
+        self.spooled += len(frame)
+
+    def frames(self) -> list[Any]:
+        """All polygons read back, one GeoDataFrame per expression (for the preview)."""
+        if not self.spooled:
+            return [self._empty() for _ in self.expressions]
+        import pyogrio
+
+        frame = pyogrio.read_dataframe(self.spool, layer="polygons")
+        return [frame[frame["expression"] == e].reset_index(drop=True) for e in self.expressions]
+
+    def _empty(self) -> Any:
+        return regions_to_frame(Regions(), expression="", **self.frame_options)
+
+    def write(self, path: str | os.PathLike[str], *, dst_crs: Any = None) -> None:
+        """Write every polygon to ``path`` (format by extension), batch by batch."""
+        suffix = os.path.splitext(str(path))[1].lower()
+        if suffix not in VECTOR_DRIVERS:
+            raise FiacliError(f"unknown vector format {suffix!r}")
+        if not self.spooled:  # no batches to stream: an empty layer with the right columns
+            write_vectors(self._empty(), path, dst_crs=dst_crs)
+            return
+        from pyogrio.raw import open_arrow
+
+        with open_arrow(self.spool, layer="polygons", use_pyarrow=True,
+                        batch_size=COPY_FEATURES) as (meta, reader):  # fmt: skip
+            batches, schema, crs = _reprojected(reader, meta["geometry_name"], self.crs, dst_crs)
+            if suffix == ".parquet":
+                _write_geoparquet(batches, schema, path, crs)
+                return
+            import pyarrow as pa
+            from pyogrio import write_arrow
+
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=".*crs.* not provided")
+                write_arrow(
+                    pa.RecordBatchReader.from_batches(schema, batches), path,
+                    driver=VECTOR_DRIVERS[suffix], geometry_name="geometry",
+                    geometry_type="Polygon", crs=None if crs is None else crs.to_wkt(),
+                    layer="polygons" if suffix == ".gpkg" else None,
+                )  # fmt: skip
+
+
+def _reprojected(reader: Any, geometry_name: str, crs: Any, dst_crs: Any) -> tuple:
+    """Spool batches with the geometry column named ``geometry`` as plain WKB, reprojected to
+    ``dst_crs`` when given; returns (batch iterator, schema, output pyproj CRS or None)."""
+    import pyarrow as pa
+    from pyproj import CRS
+
+    src = None if crs is None else CRS.from_user_input(crs.to_wkt())
+    dst = CRS.from_user_input(dst_crs) if dst_crs is not None and src is not None else src
+    fields = [f for f in reader.schema if f.name != geometry_name]
+    schema = pa.schema([*fields, pa.field("geometry", pa.binary())])
+
+    def batches() -> Iterator[Any]:
+        import geopandas as gpd
+
+        for batch in reader:
+            wkb = batch.column(geometry_name).to_numpy(zero_copy_only=False)
+            if dst is not None and dst != src:
+                wkb = gpd.GeoSeries.from_wkb(wkb, crs=src).to_crs(dst).to_wkb().to_numpy()
+            columns = [batch.column(f.name) for f in fields]
+            yield pa.RecordBatch.from_arrays([*columns, pa.array(wkb, pa.binary())], schema=schema)
+
+    return batches(), schema, dst
+
+
+def _write_geoparquet(batches: Iterator[Any], schema: Any, path: Any, crs: Any) -> None:
+    """GeoParquet 1.0 (WKB, the ``geo`` metadata geopandas and GDAL read), batch by batch."""
+    import pyarrow.parquet as pq
+
+    column = {"encoding": "WKB", "geometry_types": ["Polygon"],
+              "crs": None if crs is None else crs.to_json_dict()}  # fmt: skip
+    geo = {"version": "1.0.0", "primary_column": "geometry", "columns": {"geometry": column}}
+    schema = schema.with_metadata({b"geo": json.dumps(geo).encode()})
+    with pq.ParquetWriter(path, schema) as writer:
+        for batch in batches:
+            writer.write_batch(batch.replace_schema_metadata(schema.metadata))

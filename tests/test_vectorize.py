@@ -14,6 +14,7 @@ from rasterio.crs import CRS
 from scipy import ndimage
 
 from fiacli.vectorize import (
+    PolygonWriter,
     RowOpening,
     area_m2,
     regions_to_frame,
@@ -148,6 +149,60 @@ def test_every_vector_format_round_trips_even_when_empty(tmp_path, suffix):
         if n:
             assert back.iloc[0]["expression"] == "a ship"
             assert back.iloc[0]["pixels"] == 8
+
+
+def write_polygons(folder, masks, path, *, batch_vertices, dst_crs=None, rows=7, fail=False):
+    """Stream ``masks`` (one per expression) through a PolygonWriter into ``path``; returns the
+    polygons per expression and how many spool writes happened while streaming."""
+    t = Affine(0.5, 0, 500000, 0, -0.5, 4_000_000)
+    names = [f"object {k}" for k in range(len(masks))]
+    spool_writes = 0
+    with PolygonWriter(masks[0].shape[1], names, folder, transform=t, crs=CRS.from_epsg(32633),
+                       batch_vertices=batch_vertices, window_pixels=1) as writer:  # fmt: skip
+        for y in range(0, masks[0].shape[0], rows):
+            for band, m in enumerate(masks):
+                before = writer.spooled
+                writer.add_rows(band, m[y : y + rows], np.full_like(m[y : y + rows], 200))
+                spool_writes += writer.spooled != before
+                held = writer.vectorizers[band].out.geometries  # spooled, not piling up
+                assert shapely.get_num_coordinates(held).sum() < batch_vertices
+            if fail and writer.spooled:  # Ctrl-C with polygons on disk
+                raise KeyboardInterrupt
+        counts = writer.finish()
+        writer.write(path, dst_crs=dst_crs)
+    return counts, spool_writes
+
+
+@pytest.mark.parametrize("suffix", [".gpkg", ".geojson", ".parquet", ".shp", ".fgb"])
+@pytest.mark.parametrize("dst_crs", [None, "EPSG:4326"])
+def test_polygons_spooled_in_batches_equal_one_batch(tmp_path, suffix, dst_crs):
+    import geopandas as gpd
+
+    masks = [blobs(400, 70, 5), blobs(400, 70, 6, 0.6)]
+
+    def table(path):
+        frame = gpd.read_parquet(path) if suffix == ".parquet" else gpd.read_file(path)
+        rows = zip(frame["expression"], frame["pixels"], frame["area_m2"].round(3),
+                   [canonical([g])[0] for g in frame.geometry.values], strict=True)  # fmt: skip
+        return frame.crs, sorted(rows)
+
+    small, writes = write_polygons(tmp_path, masks, tmp_path / f"small{suffix}",
+                                   batch_vertices=200, dst_crs=dst_crs)  # fmt: skip
+    one, none = write_polygons(tmp_path, masks, tmp_path / f"one{suffix}",
+                               batch_vertices=10**9, dst_crs=dst_crs)  # fmt: skip
+    assert small == one and min(one) > 30 and writes >= 4 and none == 0
+    crs, rows = table(tmp_path / f"small{suffix}")
+    assert crs.to_epsg() == (4326 if dst_crs else 32633)
+    assert (crs, rows) == table(tmp_path / f"one{suffix}") and len(rows) == sum(one)
+    assert not list(tmp_path.glob(".fiacli-polygons-*"))  # the spool is gone
+
+
+def test_polygon_spool_is_removed_when_interrupted(tmp_path):
+    with pytest.raises(KeyboardInterrupt):
+        write_polygons(
+            tmp_path, [blobs(400, 30, 1)], tmp_path / "x.gpkg", batch_vertices=50, fail=True
+        )
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.parametrize("radius", [1, 2])

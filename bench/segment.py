@@ -13,15 +13,17 @@ absolute times; the load average is printed alongside.
   load that drifts between rounds cancels. Also printed: end-to-end time / the model time
   measured inside that same run (immune to load changes between runs) and process CPU time
   (all threads; note torch's OpenMP threads spin while waiting, so it too grows with load).
-  Model: a random-weight ``fianet-tiny`` on CPU (``--model numpy`` checks the plumbing with a
-  near-free model, where the ratio means nothing).
+  Model: a random-weight ``fianet-tiny`` on CPU, whose noisy masks (about half the scene, tens
+  of thousands of vertices) are the worst case for vectorising; ``--model demo``: the bundled,
+  trained ``fianet-tiny-demo`` on the bundled demo scene (sparse masks, as real use gives);
+  ``--model numpy`` checks the plumbing with a near-free model, where the ratio means nothing.
 * memory: peak RSS of the last scene / peak RSS of the first (default 20,000² vs 2,000²), each
-  in a fresh subprocess (target <= 1.15). Default model: numpy (p = red / 255), because
-  fianet-tiny on the 2,704 chips of a 20,000² scene takes hours on this CPU; its ~1.4 GB of
-  weights and activations would also dilute the ratio, so the numpy figure is the stricter one.
-  ``--memory-model fianet-tiny --memory-sizes 2000x2000,20000x960`` measures the width cost with
-  the real model (memory does not depend on the height: see the numpy runs). Scenes are written
-  window by window, DEFLATE-compressed.
+  in a fresh subprocess (target <= 1.15), every output written (mask, probabilities, polygons).
+  Default model: a random-weight ``fianet-tiny`` (the 2,704 chips of the 20,000² scene take
+  about 7 minutes on 2 CPUs; its noisy masks give ~50,000 polygons, a stress test for the
+  polygon spool). ``--memory-model numpy`` (p = red / 255) isolates the pipeline's own buffers.
+  The 2,000² peak varies by about ±30 MB between runs (1,318-1,387 MB seen). Scenes are
+  written window by window, DEFLATE-compressed.
 * vector: seconds to vectorise a 10,000² mask with many objects, window by window, and a check
   that the result equals GDAL's whole-scene polygonize.
 """
@@ -60,6 +62,11 @@ class NumpyModel:
 def load_model(kind: str, folder: Path):
     if kind == "numpy":
         return NumpyModel()
+    if kind == "demo":  # the bundled, trained fianet-tiny-demo
+        from fiacli.demo import demo_model_path
+        from fiacli.predictor import RefSegPredictor
+
+        return RefSegPredictor.from_checkpoint(demo_model_path(), device="cpu")
     import torch
 
     from fiacli.models import create_model, save_checkpoint
@@ -116,9 +123,13 @@ def bench_overhead(size: int, kind: str, folder: Path, repeats: int = 3) -> dict
     model = load_model(kind, folder)
     scene = make_scene(folder / f"overhead{size}.tif", size, bright_share=0.05)
     text = "the red roof on the left"
+    if kind == "demo":  # a trained model on the scene it knows: realistic, sparse masks
+        from fiacli.demo import DEMO_EXPRESSION, demo_scene_path
+
+        scene, text = demo_scene_path(), DEMO_EXPRESSION
     encoded = model.encode(text)
     with open_scene(scene) as sc:
-        grid = ChipGrid(sc.height, sc.width, model.image_size, 96)
+        grid = ChipGrid(sc.height, sc.width, model.image_size, round(model.image_size / 5))
         with ChipReader(sc, grid, 4) as reader:
             batches = [b.pixels for b in reader]
     model.predict(batches[0][:1], encoded)  # warm-up (first-call allocations)
@@ -253,9 +264,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="smaller scenes (minutes, not hours)")
     ap.add_argument("--only", default="overhead,memory,vector")
-    ap.add_argument("--model", default=None, choices=["fianet-tiny", "numpy"],
+    ap.add_argument("--model", default=None, choices=["fianet-tiny", "demo", "numpy"],
                     help="model for the overhead run (default fianet-tiny)")  # fmt: skip
-    ap.add_argument("--memory-model", default="numpy", choices=["fianet-tiny", "numpy"])
+    ap.add_argument("--memory-model", default="fianet-tiny",
+                    choices=["fianet-tiny", "demo", "numpy"])  # fmt: skip
     sizes_help = "WxH,… (default 2000x2000,20000x20000; quick: 1000x1000,6000x6000)"
     ap.add_argument("--memory-sizes", default=None, help=sizes_help)
     ap.add_argument("--_child", nargs=2, help=argparse.SUPPRESS)

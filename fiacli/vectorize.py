@@ -380,11 +380,12 @@ class PolygonWriter:
     """Polygons of several expressions, from mask rows streamed top to bottom, to any number of
     vector outputs, with memory for one batch of polygons whatever the scene holds.
 
-    Closed polygons go, about :data:`SPOOL_VERTICES` vertices at a time, to a hidden GeoPackage
-    in ``folder`` (the outputs' folder, so a full disk shows there); :meth:`write` then streams
-    that spool into each requested format, :data:`COPY_FEATURES` at a time with Arrow
-    (reprojected on the way for ``dst_crs``). Use as a context manager: the spool is removed on
-    exit, whatever happened.
+    Closed polygons stay in memory while they total fewer than :data:`SPOOL_VERTICES` vertices
+    (most scenes: written directly at the end, no extra file). Past that they go, a batch at a
+    time, to a hidden GeoPackage in ``folder`` (the outputs' folder, so a full disk shows there),
+    and :meth:`write` streams that spool into each requested format, :data:`COPY_FEATURES` at a
+    time with Arrow (reprojected on the way for ``dst_crs``). Use as a context manager: the
+    spool is removed on exit, whatever happened.
     """
 
     def __init__(
@@ -408,8 +409,9 @@ class PolygonWriter:
         self.frame_options = {"transform": transform, "crs": crs, "min_area": min_area,
                               "simplify": simplify}  # fmt: skip
         self.crs, self.batch_vertices = crs, batch_vertices
-        self.pending = [0] * len(self.expressions)  # vertices closed and not yet spooled
-        self.seen = [0] * len(self.expressions)  # of those, polygons already counted
+        self.pending = 0  # vertices closed and not yet spooled, all expressions
+        self.seen = [0] * len(self.expressions)  # polygons of vec.out already counted
+        self.in_memory: list[Any] | None = None  # the frames, when nothing had to be spooled
         fd, name = tempfile.mkstemp(prefix=".fiacli-polygons-", suffix=".gpkg", dir=folder)
         os.close(fd)
         os.unlink(name)  # GDAL creates it on the first write
@@ -430,20 +432,28 @@ class PolygonWriter:
         vec.add_rows(mask, prob)
         new = vec.out.geometries[self.seen[band] :]
         if new:
-            self.pending[band] += int(shapely.get_num_coordinates(new).sum())
+            self.pending += int(shapely.get_num_coordinates(new).sum())
             self.seen[band] = len(vec.out)
-        if self.pending[band] >= self.batch_vertices:
-            self._spool(band, vec.take())
-            self.pending[band] = self.seen[band] = 0
+        if self.pending >= self.batch_vertices:
+            for b, v in enumerate(self.vectorizers):
+                self._spool(b, self._frame(b, v.take()))
+            self.pending, self.seen = 0, [0] * len(self.vectorizers)
 
     def finish(self) -> list[int]:
         """Close every region; returns the number of polygons kept per expression."""
-        for band, vec in enumerate(self.vectorizers):
-            self._spool(band, vec.finish())
+        frames = [self._frame(b, v.finish()) for b, v in enumerate(self.vectorizers)]
+        if self.spooled:
+            for band, frame in enumerate(frames):
+                self._spool(band, frame)
+        else:
+            self.in_memory = frames
+            self.counts = [len(f) for f in frames]
         return self.counts
 
-    def _spool(self, band: int, regions: Regions) -> None:
-        frame = regions_to_frame(regions, expression=self.expressions[band], **self.frame_options)
+    def _frame(self, band: int, regions: Regions) -> Any:
+        return regions_to_frame(regions, expression=self.expressions[band], **self.frame_options)
+
+    def _spool(self, band: int, frame: Any) -> None:
         if len(frame) == 0:
             return
         import pyogrio
@@ -456,24 +466,25 @@ class PolygonWriter:
         self.spooled += len(frame)
 
     def frames(self) -> list[Any]:
-        """All polygons read back, one GeoDataFrame per expression (for the preview)."""
-        if not self.spooled:
-            return [self._empty() for _ in self.expressions]
+        """All polygons, one GeoDataFrame per expression (for the preview; read back from the
+        spool when there is one)."""
+        if self.in_memory is not None:
+            return self.in_memory
         import pyogrio
 
         frame = pyogrio.read_dataframe(self.spool, layer="polygons")
         return [frame[frame["expression"] == e].reset_index(drop=True) for e in self.expressions]
-
-    def _empty(self) -> Any:
-        return regions_to_frame(Regions(), expression="", **self.frame_options)
 
     def write(self, path: str | os.PathLike[str], *, dst_crs: Any = None) -> None:
         """Write every polygon to ``path`` (format by extension), batch by batch."""
         suffix = os.path.splitext(str(path))[1].lower()
         if suffix not in VECTOR_DRIVERS:
             raise FiacliError(f"unknown vector format {suffix!r}")
-        if not self.spooled:  # no batches to stream: an empty layer with the right columns
-            write_vectors(self._empty(), path, dst_crs=dst_crs)
+        if self.in_memory is not None:
+            import pandas as pd
+
+            frame = pd.concat(self.in_memory, ignore_index=True)
+            write_vectors(frame, path, dst_crs=dst_crs)
             return
         from pyogrio.raw import open_arrow
 

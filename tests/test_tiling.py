@@ -160,7 +160,9 @@ class _FakeScene:
             raise OSError("read failed")
         h, w = int(window.height), int(window.width)
         rgb = np.full((3, h, w), 7, np.uint8)
-        valid = np.full((h, w), window.col_off != 0 or not self.nodata_first_col)
+        columns = np.arange(int(window.col_off), int(window.col_off) + w)
+        # nodata in the first 32 columns: exactly the first chip column of a 32-px grid
+        valid = np.broadcast_to(columns >= 32 if self.nodata_first_col else True, (h, w))
         return rgb, valid
 
 
@@ -174,11 +176,29 @@ def test_reader_batches_valid_chips_in_order_and_pads_small_scenes():
     assert all(len(b.pixels) <= 3 for b in batches)
     slots = [s for b in batches for s in b.slot]
     assert [s < 0 for s in slots] == [c.col == 0 for c in grid]
+    rows = sorted({(c.y, c.height) for c in grid})  # a narrow scene: one read per chip row
+    assert [(w.row_off, w.height, w.col_off, w.width) for w in scene.reads] == [
+        (y, h, 0, 100) for y, h in rows
+    ]
     small = ChipGrid(20, 10, 32, 8)
     with ChipReader(_FakeScene(20, 10, nodata_first_col=False), small, batch_size=2) as reader:
         (batch,) = list(reader)
     assert batch.pixels.shape == (1, 3, 32, 32)
     assert (batch.pixels[0, :, :20, :10] == 7).all() and (batch.pixels[0, :, 20:, :] != 7).all()
+
+
+def test_reader_reads_a_few_chips_at_a_time_on_wide_scenes():
+    from fiacli.tiling import READ_CHIPS
+
+    grid = ChipGrid(32, 1000, 32, 8)  # one row: 41 chips 24 px apart + the edge chip
+    scene = _FakeScene(32, 1000, nodata_first_col=False)
+    with ChipReader(scene, grid, batch_size=5) as reader:
+        chips = [c for b in reader for c in b.chips]
+    assert len(chips) == len(grid) == 42
+    assert len(scene.reads) == -(-42 // READ_CHIPS)  # each read serves READ_CHIPS chips
+    assert max(w.width for w in scene.reads) <= 32 + (READ_CHIPS - 1) * 24  # bounded memory
+    for c in chips:  # every chip lies inside one read
+        assert any(w.col_off <= c.x and c.x + c.width <= w.col_off + w.width for w in scene.reads)
 
 
 def test_reader_error_reaches_the_consumer_and_stop_does_not_hang():

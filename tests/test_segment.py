@@ -405,6 +405,24 @@ def test_usage_errors_come_before_any_work(tmp_path):
     assert oracle.batches == [] and sorted(p.name for p in tmp_path.iterdir()) == ["s.tif"]
 
 
+def test_input_tiles_are_cached_between_chip_reads(tmp_path, monkeypatch):
+    """GDAL's block cache is really 16 MiB during a run (an integer GDAL_CACHEMAX is bytes to
+    rasterio: 16 would disable it and make every read decode its tiles again)."""
+    from fiacli.raster import Scene
+
+    monkeypatch.delenv("GDAL_CACHEMAX", raising=False)
+    seen = []
+    read = Scene.read
+
+    def spy(self, window):
+        seen.append(rasterio.env.get_gdal_config("GDAL_CACHEMAX"))
+        return read(self, window)
+
+    monkeypatch.setattr(Scene, "read", spy)
+    run(tmp_path, write_tif(tmp_path / "s.tif", random_rgb(100, 100)), chip=64, overlap=16)
+    assert seen and set(seen) == {16 * 2**20}
+
+
 def test_memory_does_not_grow_with_scene_height(tmp_path):
     """Python-side peak (numpy buffers) of a 5x taller scene is the same: one chip row held."""
     peaks = []

@@ -291,7 +291,9 @@ class _Sinks:
 
 def _disk_error(exc: BaseException) -> bool:
     text = str(exc).lower()
-    return (isinstance(exc, OSError) and exc.errno == errno.ENOSPC) or "no space left" in text
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        return True
+    return "no space left" in text or "disk is full" in text  # GDAL / SQLite (the spool)
 
 
 @dataclass(frozen=True)

@@ -398,7 +398,7 @@ class PolygonWriter:
         crs: Any,
         min_area: float = 0.0,
         simplify: float = 0.0,
-        batch_vertices: int = SPOOL_VERTICES,
+        batch_vertices: int | None = None,
         window_pixels: int = 1 << 20,
     ) -> None:
         self.expressions = list(expressions)
@@ -408,7 +408,8 @@ class PolygonWriter:
         self.counts = [0] * len(self.expressions)
         self.frame_options = {"transform": transform, "crs": crs, "min_area": min_area,
                               "simplify": simplify}  # fmt: skip
-        self.crs, self.batch_vertices = crs, batch_vertices
+        self.crs = crs
+        self.batch_vertices = SPOOL_VERTICES if batch_vertices is None else batch_vertices
         self.pending = 0  # vertices closed and not yet spooled, all expressions
         self.seen = [0] * len(self.expressions)  # polygons of vec.out already counted
         self.in_memory: list[Any] | None = None  # the frames, when nothing had to be spooled

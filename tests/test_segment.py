@@ -330,6 +330,23 @@ def test_disk_full_is_one_clear_error_and_leaves_nothing(tmp_path, monkeypatch, 
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s.tif"]
 
 
+def test_disk_full_in_the_polygon_spool_is_one_clear_error(tmp_path, monkeypatch):
+    """SQLite says 'database or disk is full' when the GeoPackage spool cannot grow."""
+    import pyogrio
+
+    from fiacli import vectorize
+
+    def full(*args, **kwargs):
+        raise pyogrio.errors.DataSourceError("sqlite3_step() failed: database or disk is full")
+
+    monkeypatch.setattr(vectorize, "SPOOL_VERTICES", 1)  # spool from the first polygon on
+    monkeypatch.setattr(pyogrio, "write_dataframe", full)
+    scene = write_tif(tmp_path / "s.tif", random_rgb(100, 100))
+    with pytest.raises(FiacliError, match="disk full"):
+        run(tmp_path, scene, outputs=("m.tif", "v.gpkg"), chip=32, overlap=8)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.tif"]
+
+
 def test_manifest_and_summary(tmp_path):
     scene = write_tif(tmp_path / "s.tif", random_rgb(70, 80))
     result, _ = run(tmp_path, scene, ["red", "blue"], outputs=("m.tif", "m.gpkg"),

@@ -117,6 +117,11 @@ def _foreign(path: Path, why: str) -> FiacliError:
     return FiacliError(f"{path} is not a fiacli checkpoint ({why})")
 
 
+def _pickle_proto(head: bytes) -> bool:
+    """A pickle of protocol 2-5 (what torch.save writes without its zip container)."""
+    return head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05")
+
+
 def read_checkpoint_meta(path: str | os.PathLike[str]) -> dict[str, Any]:
     """The JSON document of a fiacli checkpoint, reading only the file's header."""
     from safetensors import safe_open
@@ -127,8 +132,10 @@ def read_checkpoint_meta(path: str | os.PathLike[str]) -> dict[str, Any]:
     if file.is_dir():
         raise FiacliError(f"{file} is a folder; a fiacli checkpoint is one .safetensors file")
     with open(file, "rb") as fh:
-        head = fh.read(8)
-    if head.startswith(b"PK\x03\x04") or head[:1] == b"\x80":
+        head = fh.read(9)
+    # safetensors: an 8-byte header length, then "{"; the length's first byte may well be 0x80,
+    # the pickle PROTO opcode, so only call it a pickle when it is not a safetensors header
+    if head[8:9] != b"{" and (head.startswith(b"PK\x03\x04") or _pickle_proto(head)):
         raise FiacliError(
             f"{file} is a PyTorch pickle (like the authors' released .pth), not a fiacli "
             f"checkpoint; convert it first: fiacli convert {file} -o model.safetensors"

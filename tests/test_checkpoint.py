@@ -106,10 +106,11 @@ def test_refuses_missing_truncated_and_foreign_files(tmp_path: Path, minimal: FI
         with pytest.raises(FiacliError, match=message):
             load_checkpoint(path)
 
-    pth = tmp_path / "released.pth"
-    torch.save({"model": {"w": torch.zeros(1)}}, pth)
-    with pytest.raises(FiacliError, match="fiacli convert"):
-        load_checkpoint(pth)
+    for zipped in (True, False):  # torch.save's zip container, and its legacy bare pickle
+        pth = tmp_path / "released.pth"
+        torch.save({"model": {"w": torch.zeros(1)}}, pth, _use_new_zipfile_serialization=zipped)
+        with pytest.raises(FiacliError, match="fiacli convert"):
+            load_checkpoint(pth)
 
     plain = tmp_path / "plain.safetensors"
     save_file({"w": torch.zeros(2)}, str(plain))
@@ -117,6 +118,22 @@ def test_refuses_missing_truncated_and_foreign_files(tmp_path: Path, minimal: FI
         load_checkpoint(plain)
     with pytest.raises(FiacliError, match="folder"):
         load_checkpoint(tmp_path)
+
+
+def test_header_length_starting_with_the_pickle_opcode_still_loads(
+    tmp_path: Path, minimal: FIANet
+) -> None:
+    """A safetensors header length whose first byte is 0x80 (pickle's PROTO) is no pickle."""
+    for pad in range(0, 512, 8):  # the header grows 8 bytes at a time (safetensors alignment)
+        path = save_checkpoint(
+            tmp_path / "m.safetensors", minimal, {"provenance": {"x": "x" * pad}}
+        )
+        if path.read_bytes()[:1] == b"\x80":
+            break
+    else:
+        pytest.fail("no padding gave a header length starting with 0x80")
+    model, meta = load_checkpoint(path)
+    assert meta["provenance"]["x"] == "x" * pad and isinstance(model, FIANet)
 
 
 def test_strict_about_tensors(tmp_path: Path, minimal: FIANet) -> None:

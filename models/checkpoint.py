@@ -117,9 +117,16 @@ def _foreign(path: Path, why: str) -> FiacliError:
     return FiacliError(f"{path} is not a fiacli checkpoint ({why})")
 
 
-def _pickle_proto(head: bytes) -> bool:
-    """A pickle of protocol 2-5 (what torch.save writes without its zip container)."""
-    return head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05")
+def is_torch_pickle(file: Path) -> bool:
+    """Whether ``file`` is what ``torch.save`` writes (a zip, or a bare pickle of protocol 2-5)
+    rather than safetensors. A safetensors file starts with an 8-byte header length and then
+    "{"; that length's first byte may well be 0x80, pickle's PROTO opcode, so the "{" decides."""
+    with open(file, "rb") as fh:
+        head = fh.read(9)
+    if head[8:9] == b"{":
+        return False
+    bare_pickle = head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05")
+    return head.startswith(b"PK\x03\x04") or bare_pickle
 
 
 def read_checkpoint_meta(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -131,11 +138,7 @@ def read_checkpoint_meta(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise FiacliError(f"checkpoint not found: {file}")
     if file.is_dir():
         raise FiacliError(f"{file} is a folder; a fiacli checkpoint is one .safetensors file")
-    with open(file, "rb") as fh:
-        head = fh.read(9)
-    # safetensors: an 8-byte header length, then "{"; the length's first byte may well be 0x80,
-    # the pickle PROTO opcode, so only call it a pickle when it is not a safetensors header
-    if head[8:9] != b"{" and (head.startswith(b"PK\x03\x04") or _pickle_proto(head)):
+    if is_torch_pickle(file):
         raise FiacliError(
             f"{file} is a PyTorch pickle (like the authors' released .pth), not a fiacli "
             f"checkpoint; convert it first: fiacli convert {file} -o model.safetensors"

@@ -17,6 +17,7 @@ import argparse
 import math
 import pickle
 import re
+import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +27,7 @@ import torch
 
 from fiacli.console import warn
 from fiacli.errors import FiacliError
+from fiacli.models.checkpoint import is_torch_pickle
 from fiacli.models.fianet import FIANet, FIANetConfig, uninitialised_fianet
 from fiacli.models.text_encoder import BERT_BASE_UNCASED
 
@@ -329,9 +331,7 @@ def read_released(path: str | Path) -> ReleasedCheckpoint:
     file = Path(path).expanduser()
     if not file.is_file():
         raise FiacliError(f"checkpoint not found: {file}")
-    with open(file, "rb") as fh:
-        head = fh.read(8)
-    if not head.startswith(b"PK") and head[:1] != b"\x80":
+    if not is_torch_pickle(file):
         from safetensors.torch import load_file
 
         try:
@@ -343,7 +343,7 @@ def read_released(path: str | Path) -> ReleasedCheckpoint:
     try:
         with torch.serialization.safe_globals([argparse.Namespace]):
             obj = torch.load(
-                file, map_location="cpu", weights_only=True, mmap=head.startswith(b"PK")
+                file, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(file)
             )
     except pickle.UnpicklingError as exc:
         found = re.search(r"GLOBAL ([\w.]+)", str(exc))

@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import shared_path
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from fiacli.errors import FiacliError
 from fiacli.models import count_parameters, load_checkpoint
-from fiacli.models.convert import ReleasedCheckpoint, build_from_released
+from fiacli.models.convert import ReleasedCheckpoint, build_from_released, read_released
 from fiacli.parsing import VOCABULARIES
 
 
@@ -119,6 +119,23 @@ def test_refuses_pickles_that_would_run_code(tmp_path: Path, run_cli, monkeypatc
     assert result.exit_code == 1 and "not found" in result.stderr
     result = run_cli("convert", str(junk), "-o", "o.safetensors", "--to", "onnx")
     assert result.exit_code == 2
+
+
+def test_released_layout_safetensors_whose_header_starts_with_0x80_is_read(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """The first byte of a safetensors header length can be pickle's PROTO opcode (0x80); the
+    file is still read as safetensors, never handed to torch.load (which older torch cannot
+    read it with)."""
+    monkeypatch.setattr(torch, "load", lambda *a, **k: pytest.fail("read as a pickle"))
+    path = tmp_path / "released.safetensors"
+    for pad in range(0, 512, 8):  # the header grows 8 bytes at a time (safetensors alignment)
+        save_file({"classifier.w": torch.ones(2)}, str(path), metadata={"x": "x" * pad})
+        if path.read_bytes()[:1] == b"\x80":
+            break
+    else:
+        pytest.fail("no padding gave a header length starting with 0x80")
+    assert torch.equal(read_released(path).state["classifier.w"], torch.ones(2))
 
 
 def test_missing_and_unexpected_keys_are_listed(released_state) -> None:

@@ -408,11 +408,11 @@ class PolygonWriter:
         self.counts = [0] * len(self.expressions)
         self.frame_options = {"transform": transform, "crs": crs, "min_area": min_area,
                               "simplify": simplify}  # fmt: skip
-        self.crs = crs
         self.batch_vertices = SPOOL_VERTICES if batch_vertices is None else batch_vertices
         self.pending = 0  # vertices closed and not yet spooled, all expressions
         self.seen = [0] * len(self.expressions)  # polygons of vec.out already counted
         self.in_memory: list[Any] | None = None  # the frames, when nothing had to be spooled
+        self.in_memory_all: Any = None  # and all of them in one frame, written to every output
         fd, name = tempfile.mkstemp(prefix=".fiacli-polygons-", suffix=".gpkg", dir=folder)
         os.close(fd)
         os.unlink(name)  # GDAL creates it on the first write
@@ -447,7 +447,10 @@ class PolygonWriter:
             for band, frame in enumerate(frames):
                 self._spool(band, frame)
         else:
+            import pandas as pd
+
             self.in_memory = frames
+            self.in_memory_all = pd.concat(frames, ignore_index=True)
             self.counts = [len(f) for f in frames]
         return self.counts
 
@@ -478,20 +481,18 @@ class PolygonWriter:
 
     def write(self, path: str | os.PathLike[str], *, dst_crs: Any = None) -> None:
         """Write every polygon to ``path`` (format by extension), batch by batch."""
+        if self.in_memory is not None:
+            write_vectors(self.in_memory_all, path, dst_crs=dst_crs)
+            return
         suffix = os.path.splitext(str(path))[1].lower()
         if suffix not in VECTOR_DRIVERS:
             raise FiacliError(f"unknown vector format {suffix!r}")
-        if self.in_memory is not None:
-            import pandas as pd
-
-            frame = pd.concat(self.in_memory, ignore_index=True)
-            write_vectors(frame, path, dst_crs=dst_crs)
-            return
         from pyogrio.raw import open_arrow
 
         with open_arrow(self.spool, layer="polygons", use_pyarrow=True,
                         batch_size=COPY_FEATURES) as (meta, reader):  # fmt: skip
-            batches, schema, crs = _reprojected(reader, meta["geometry_name"], self.crs, dst_crs)
+            src_crs = self.frame_options["crs"]
+            batches, schema, crs = _reprojected(reader, meta["geometry_name"], src_crs, dst_crs)
             if suffix == ".parquet":
                 _write_geoparquet(batches, schema, path, crs)
                 return

@@ -37,7 +37,7 @@ def _peak_rss_mb() -> float:
 def worker(args: argparse.Namespace) -> dict:
     import torch
 
-    from fiacli.device import resolve_device
+    from fiacli.core.device import resolve_device
     from fiacli.models import TextBatch, count_parameters, create_model
 
     torch.manual_seed(0)

@@ -63,15 +63,15 @@ def load_model(kind: str, folder: Path):
     if kind == "numpy":
         return NumpyModel()
     if kind == "demo":  # the bundled, trained fianet-tiny-demo
-        from fiacli.demo import demo_model_path
-        from fiacli.predictor import RefSegPredictor
+        from fiacli.app.demo import demo_model_path
+        from fiacli.app.predictor import RefSegPredictor
 
         return RefSegPredictor.from_checkpoint(demo_model_path(), device="cpu")
     import torch
 
+    from fiacli.app.predictor import RefSegPredictor
     from fiacli.models import create_model, save_checkpoint
-    from fiacli.parsing import ParseSettings
-    from fiacli.predictor import RefSegPredictor
+    from fiacli.text.parsing import ParseSettings
 
     torch.manual_seed(0)
     path = save_checkpoint(folder / "tiny.safetensors", create_model("fianet-tiny"),
@@ -116,15 +116,15 @@ def load_average() -> str:
 
 
 def bench_overhead(size: int, kind: str, folder: Path, repeats: int = 3) -> dict:
-    from fiacli.pipeline import segment_raster
-    from fiacli.raster import open_scene
-    from fiacli.tiling import ChipGrid, ChipReader
+    from fiacli.app.pipeline import segment_raster
+    from fiacli.geo.raster import open_scene
+    from fiacli.geo.tiling import ChipGrid, ChipReader
 
     model = load_model(kind, folder)
     scene = make_scene(folder / f"overhead{size}.tif", size, bright_share=0.05)
     text = "the red roof on the left"
     if kind == "demo":  # a trained model on the scene it knows: realistic, sparse masks
-        from fiacli.demo import DEMO_EXPRESSION, demo_scene_path
+        from fiacli.app.demo import DEMO_EXPRESSION, demo_scene_path
 
         scene, text = demo_scene_path(), DEMO_EXPRESSION
     encoded = model.encode(text)
@@ -173,7 +173,7 @@ def bench_overhead(size: int, kind: str, folder: Path, repeats: int = 3) -> dict
 
 def child_memory(scene: str, out: str, kind: str) -> None:
     """Runs in a fresh interpreter: one segmentation, then report RSS figures as JSON."""
-    from fiacli.pipeline import segment_raster
+    from fiacli.app.pipeline import segment_raster
 
     folder = Path(out).parent
     model = load_model(kind, folder)
@@ -220,7 +220,7 @@ def bench_vector(size: int, folder: Path) -> dict:
     import shapely
     from scipy import ndimage
 
-    from fiacli.vectorize import vectorize_raster
+    from fiacli.geo.vectorize import vectorize_raster
 
     rng = np.random.default_rng(1)
     path = folder / f"mask{size}.tif"

@@ -37,7 +37,7 @@ def use_nltk_data(folder: Path | None) -> None:
     """Let NLTK find its tagger in ``folder`` (read in place, never copied)."""
     import nltk
 
-    from fiacli.tagger import reset_tagger_cache
+    from fiacli.text.tagger import reset_tagger_cache
 
     if folder is not None:
         nltk.data.path.insert(0, str(folder))
@@ -69,8 +69,8 @@ def _view(parsed) -> tuple:
 
 def compare(expressions: list[str]) -> Agreement:
     """Agreement of the offline tagger with NLTK's on ``expressions`` (NLTK must be loadable)."""
-    from fiacli.parsing import ParseSettings, nltk_words, parse_many, pp_chunks
-    from fiacli.tagger import offline_tag, resolve_tagger
+    from fiacli.text.parsing import ParseSettings, nltk_words, parse_many, pp_chunks
+    from fiacli.text.tagger import offline_tag, resolve_tagger
 
     _, nltk_tag = resolve_tagger("nltk")
     result = Agreement(total=len(expressions))
@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     use_nltk_data(args.nltk_data)
-    from fiacli.tagger import nltk_tagger_available
+    from fiacli.text.tagger import nltk_tagger_available
 
     if not nltk_tagger_available():
         print(

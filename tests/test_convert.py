@@ -13,10 +13,10 @@ import torch
 from conftest import shared_path
 from safetensors.torch import load_file, save_file
 
-from fiacli.errors import FiacliError
+from fiacli.core.errors import FiacliError
 from fiacli.models import count_parameters, load_checkpoint
 from fiacli.models.convert import ReleasedCheckpoint, build_from_released, read_released
-from fiacli.parsing import VOCABULARIES
+from fiacli.text.parsing import VOCABULARIES
 
 
 def _fixture(name: str) -> Path:

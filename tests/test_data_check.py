@@ -14,7 +14,7 @@ import pytest
 from fake_datasets import make_refsegrs, make_rrsisd
 from PIL import Image
 
-from fiacli.training.check import PROBLEM_KINDS, check_archive, check_dataset
+from fiacli.training.dataset_check import PROBLEM_KINDS, check_archive, check_dataset
 
 
 def kinds(problems, severity=None):

@@ -20,8 +20,8 @@ from fake_datasets import (
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from fiacli.errors import FiacliError
-from fiacli.safe_pickle import UnsafePickleError
+from fiacli.core.errors import FiacliError
+from fiacli.core.safe_pickle import UnsafePickleError
 from fiacli.training import rle
 from fiacli.training.datasets import (
     PUBLISHED_COUNTS,

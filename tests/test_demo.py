@@ -13,9 +13,9 @@ from _oracle import Oracle, random_rgb, write_tif
 from conftest import REPO
 from PIL import Image
 
-import fiacli.demo
-import fiacli.pipeline
-from fiacli.demo import (
+import fiacli.app.demo
+import fiacli.app.pipeline
+from fiacli.app.demo import (
     DEMO_EXPRESSION,
     DEMO_MODEL_FILE,
     demo_model_path,
@@ -39,9 +39,9 @@ def test_demo_scene_is_a_real_georeferenced_scene():
 def test_the_scene_is_what_the_generator_draws():
     """The committed file is reproducible from the seeded generator (up to JPEG loss)."""
     truth = demo_truth()
-    spec = fiacli.demo.default_spec()
+    spec = fiacli.app.demo.default_spec()
     spec.frame, spec.parcel, spec.seed = truth["frame"], truth["parcel"], truth["seed"]
-    image, labels = fiacli.demo.render_demo_scene(spec)
+    image, labels = fiacli.app.demo.render_demo_scene(spec)
     with rasterio.open(demo_scene_path()) as ds:
         stored = ds.read().transpose(1, 2, 0)
 
@@ -112,12 +112,12 @@ def test_the_bundled_model_rebuilds_from_its_recorded_recipe():
 def oracle(monkeypatch, tmp_path):
     """A stand-in demo model and a small stand-in demo scene, so --demo runs in milliseconds."""
     model = Oracle()
-    monkeypatch.setattr(fiacli.pipeline, "load_predictor", lambda *a, **k: model)
+    monkeypatch.setattr(fiacli.app.pipeline, "load_predictor", lambda *a, **k: model)
     assets = tmp_path / "assets"
     assets.mkdir()
     (assets / DEMO_MODEL_FILE).write_bytes(b"stand-in")
-    write_tif(assets / fiacli.demo.DEMO_SCENE_FILE, random_rgb(80, 100))
-    monkeypatch.setattr(fiacli.demo, "ASSETS", assets)
+    write_tif(assets / fiacli.app.demo.DEMO_SCENE_FILE, random_rgb(80, 100))
+    monkeypatch.setattr(fiacli.app.demo, "ASSETS", assets)
     return model
 
 
@@ -125,7 +125,7 @@ def test_demo_flag_uses_the_bundled_scene_and_expression(run_cli, oracle, tmp_pa
     r = run_cli("segment", "--demo", "-o", str(tmp_path / "d.gpkg"), "--json")
     assert r.exit_code == 0, r.stderr
     summary = json.loads(r.stdout)
-    assert summary["scene"]["path"] == str(tmp_path / "assets" / fiacli.demo.DEMO_SCENE_FILE)
+    assert summary["scene"]["path"] == str(tmp_path / "assets" / fiacli.app.demo.DEMO_SCENE_FILE)
     assert summary["expressions"] == [DEMO_EXPRESSION]
     r = run_cli("segment", "--demo", "the red one", "the blue one", "-o", str(tmp_path / "e.tif"))
     assert r.exit_code == 0, r.stderr
@@ -146,7 +146,7 @@ def test_demo_and_scene_arguments_are_checked(run_cli, oracle, tmp_path, args, m
 
 
 def test_a_missing_bundled_model_is_one_clear_line(run_cli, tmp_path, monkeypatch):
-    monkeypatch.setattr(fiacli.demo, "ASSETS", tmp_path)
+    monkeypatch.setattr(fiacli.app.demo, "ASSETS", tmp_path)
     scene = write_tif(tmp_path / "scene.tif", random_rgb(40, 40))
     r = run_cli("segment", str(scene), "red", "-o", str(tmp_path / "o.gpkg"))
     assert r.exit_code == 1 and r.stderr.count("error:") == 1
@@ -174,7 +174,7 @@ def test_quick_start_is_two_commands_set_up_then_the_job_and_the_tests():
 
 @pytest.mark.slow  # the README's first command, for real: 2,048² px through the demo model
 def test_quick_start_preview_outlines_the_vehicle_and_nothing_else(run_cli, tmp_path, monkeypatch):
-    from fiacli.preview import COLORS, SMALL_PX
+    from fiacli.geo.preview import COLORS, SMALL_PX
 
     job = shlex.split(readme_quick_start()[0].split("&&", 1)[1])
     assert job[:2] == ["fiacli", "segment"] and "--preview" in job

@@ -60,7 +60,7 @@ def test_python_api_example_help(env, tmp_path):
 def test_quick_start(env, tmp_path):
     from shapely.geometry import box
 
-    from fiacli.demo import DEMO_EXPRESSION, demo_truth
+    from fiacli.app.demo import DEMO_EXPRESSION, demo_truth
 
     run(["bash", str(EXAMPLES / "quick_start.sh"), str(tmp_path / "out")], env, tmp_path)
     polygons = gpd.read_file(tmp_path / "out" / "demo.gpkg")
@@ -72,7 +72,7 @@ def test_quick_start(env, tmp_path):
 
 @pytest.mark.slow
 def test_python_api_example_on_a_crop_of_the_demo_scene(env, tmp_path):
-    from fiacli.demo import DEMO_EXPRESSION, demo_scene_path, demo_truth
+    from fiacli.app.demo import DEMO_EXPRESSION, demo_scene_path, demo_truth
 
     truth = demo_truth()
     (target,) = truth["expressions"][DEMO_EXPRESSION]

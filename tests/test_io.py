@@ -7,9 +7,9 @@ import pickle
 
 import pytest
 
-from fiacli.errors import FiacliError
-from fiacli.io import atomic_output
-from fiacli.safe_pickle import UnsafePickleError, safe_loads
+from fiacli.core.errors import FiacliError
+from fiacli.core.io import atomic_output
+from fiacli.core.safe_pickle import UnsafePickleError, safe_loads
 
 
 def test_atomic_output_renames_only_on_success(tmp_path):
@@ -65,7 +65,7 @@ def test_atomic_output_refusals(tmp_path):
 
 def test_atomic_output_refuses_read_only_folder(tmp_path, monkeypatch):
     # os.access is what the check asks; faked because root (CI) may write anywhere.
-    monkeypatch.setattr("fiacli.io.os.access", lambda path, mode: False)
+    monkeypatch.setattr("fiacli.core.io.os.access", lambda path, mode: False)
     with pytest.raises(FiacliError, match="not writable"), atomic_output(tmp_path / "x.tif"):
         pass
 

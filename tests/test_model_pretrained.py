@@ -11,7 +11,7 @@ import timm
 import torch
 from safetensors.torch import save_file
 
-from fiacli.errors import FiacliError
+from fiacli.core.errors import FiacliError
 from fiacli.models import create_model
 from fiacli.models.pretrained import offline_text_encoder_folder
 

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from _oracle import Oracle, random_rgb, write_tif
 
-import fiacli.pipeline
-from fiacli.demo import DEMO_MODEL_FILE, DEMO_MODEL_NAME, demo_model_path
-from fiacli.errors import FiacliError
-from fiacli.model_registry import config_dir, registry_path, resolve_model
+import fiacli.app.pipeline
+from fiacli.app.demo import DEMO_MODEL_FILE, DEMO_MODEL_NAME, demo_model_path
+from fiacli.app.named_models import config_dir, registry_path, resolve_model
+from fiacli.core.errors import FiacliError
 
 
 def fake_checkpoint(path, *, miou=0.5):
@@ -124,13 +124,13 @@ def test_a_corrupt_registry_is_one_clear_line(run_cli, home):
 
 
 def test_resolution_order(ckpt, tmp_path, monkeypatch):
-    import fiacli.demo
-    from fiacli.model_registry import add_model
+    import fiacli.app.demo
+    from fiacli.app.named_models import add_model
 
     assets = tmp_path / "assets"  # a stand-in for the bundled file
     assets.mkdir()
     fake_checkpoint(assets / DEMO_MODEL_FILE)
-    monkeypatch.setattr(fiacli.demo, "ASSETS", assets)
+    monkeypatch.setattr(fiacli.app.demo, "ASSETS", assets)
 
     add_model("mine", ckpt)
     assert resolve_model("mine").describe() == {"path": str(ckpt), "name": "mine",
@@ -145,7 +145,7 @@ def test_resolution_order(ckpt, tmp_path, monkeypatch):
 
 
 def test_a_registered_file_that_moved_is_a_clear_error(ckpt):
-    from fiacli.model_registry import add_model
+    from fiacli.app.named_models import add_model
 
     add_model("mine", ckpt)
     ckpt.unlink()
@@ -160,7 +160,7 @@ def test_segment_resolves_registered_names(run_cli, ckpt, tmp_path, monkeypatch)
         loaded.append(str(path))
         return Oracle()
 
-    monkeypatch.setattr(fiacli.pipeline, "load_predictor", load)
+    monkeypatch.setattr(fiacli.app.pipeline, "load_predictor", load)
     run_cli("models", "add", "mine", str(ckpt))
     scene = write_tif(tmp_path / "scene.tif", random_rgb(40, 50))
     r = run_cli("segment", str(scene), "red", "-m", "mine", "-o", str(tmp_path / "o.tif"))

@@ -44,7 +44,7 @@ def test_every_command_has_help(run_cli, command):
 
 
 def test_user_error_is_one_line_without_traceback(tmp_path):
-    from fiacli.errors import FiacliError
+    from fiacli.core.errors import FiacliError
 
     assert issubclass(FiacliError, Exception)
     env = {**os.environ, "COLUMNS": "200"}

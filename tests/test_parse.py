@@ -12,8 +12,8 @@ import json
 
 import pytest
 
-from fiacli.errors import FiacliError, UsageError
-from fiacli.parsing import (
+from fiacli.core.errors import FiacliError, UsageError
+from fiacli.text.parsing import (
     TOKEN_LENGTHS,
     VOCABULARIES,
     ParsedExpression,
@@ -29,7 +29,7 @@ from fiacli.parsing import (
     strip_position,
     write_parse_cache,
 )
-from fiacli.tokenizer import bundled_vocab, load_tokenizer
+from fiacli.text.tokenizer import bundled_vocab, load_tokenizer
 
 RRSISD = {m: ParseSettings.for_dataset("rrsisd", mode=m) for m in ("released", "fiacli")}
 REFSEGRS = {m: ParseSettings.for_dataset("refsegrs", mode=m) for m in ("released", "fiacli")}
@@ -301,7 +301,7 @@ def test_cache_hit_and_stale_on_settings_change(tmp_path, monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("the cache should have answered")
 
-    monkeypatch.setattr("fiacli.parsing.parse_many", refuse)
+    monkeypatch.setattr("fiacli.text.parsing.parse_many", refuse)
     again = parse_cached(["the dam on the left"], RRSISD["fiacli"], path, tagger="offline")
     assert again["the dam on the left"] == first["the dam on the left"]
 

@@ -7,13 +7,13 @@ import json
 import nltk
 import pytest
 
-from fiacli.tagger import reset_tagger_cache
+from fiacli.text.tagger import reset_tagger_cache
 
 
 @pytest.fixture(autouse=True)
 def wide_stderr(monkeypatch):
     """A wide error console, so 'one line' is about the message, not the terminal's wrapping."""
-    from fiacli.console import err_console
+    from fiacli.core.console import err_console
 
     monkeypatch.setattr(err_console, "_width", 300)
 

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from fiacli.errors import FiacliError
+from fiacli.app.predictor import RefSegPredictor
+from fiacli.core.errors import FiacliError
 from fiacli.models import FIANet, FIANetConfig, TextBatch, save_checkpoint
-from fiacli.predictor import RefSegPredictor
 
-parsing = pytest.importorskip("fiacli.parsing")
+parsing = pytest.importorskip("fiacli.text.parsing")
 
 EXPRESSION = "the white van on the left of the road"
 

@@ -7,9 +7,9 @@ import pytest
 from _oracle import Oracle, write_tif
 from PIL import Image
 
-import fiacli.pipeline
-from fiacli.pipeline import segment_raster
-from fiacli.preview import COLORS, MAX_SIDE
+import fiacli.app.pipeline
+from fiacli.app.pipeline import segment_raster
+from fiacli.geo.preview import COLORS, MAX_SIDE
 
 MAGENTA = np.array(COLORS[0])
 CYAN = np.array(COLORS[1])
@@ -95,13 +95,13 @@ def test_tiny_objects_get_a_ring_so_they_stay_visible(tmp_path):
 
 def test_preview_reads_the_scene_at_preview_size_only(scene, tmp_path, monkeypatch):
     calls = []
-    real = fiacli.raster.Scene.read_overview
+    real = fiacli.geo.raster.Scene.read_overview
 
     def spy(self, height, width):
         calls.append((height, width))
         return real(self, height, width)
 
-    monkeypatch.setattr(fiacli.raster.Scene, "read_overview", spy)
+    monkeypatch.setattr(fiacli.geo.raster.Scene, "read_overview", spy)
     segment_raster(scene, "red", tmp_path / "o.gpkg", predictor=Oracle(),
                    preview=tmp_path / "p.png")  # fmt: skip
     assert calls and max(max(c) for c in calls) <= MAX_SIDE
@@ -120,7 +120,7 @@ def test_nothing_found_still_writes_a_titled_preview(scene, tmp_path):
 @pytest.fixture
 def oracle(monkeypatch):
     model = Oracle()
-    monkeypatch.setattr(fiacli.pipeline, "load_predictor", lambda *a, **k: model)
+    monkeypatch.setattr(fiacli.app.pipeline, "load_predictor", lambda *a, **k: model)
     return model
 
 

@@ -11,8 +11,8 @@ from rasterio.control import GroundControlPoint
 from rasterio.enums import ColorInterp
 from rasterio.windows import Window
 
-from fiacli.errors import FiacliError, UsageError
-from fiacli.raster import FILL_RGB, RasterRowWriter, open_scene, parse_bands, scene_stretch
+from fiacli.core.errors import FiacliError, UsageError
+from fiacli.geo.raster import FILL_RGB, RasterRowWriter, open_scene, parse_bands, scene_stretch
 
 pytestmark = pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning")
 

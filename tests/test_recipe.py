@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from fiacli.errors import FiacliError, UsageError
+from fiacli.core.errors import FiacliError, UsageError
 from fiacli.training.recipe import load_run_config, resolve_config, save_config
 
 

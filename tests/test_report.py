@@ -13,7 +13,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from fiacli.report import Prediction, best_and_worst, read_run
+from fiacli.app.report import Prediction, best_and_worst, read_run
 
 EPOCHS = [  # val metrics per epoch; epoch 2 is the best mIoU
     {"val_miou": 0.31, "val_oiou": 0.30, "val_pr@0.5": 0.20},

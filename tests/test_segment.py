@@ -21,8 +21,8 @@ from _oracle import Oracle, ellipsoid_cell_area, random_rgb, read, whole_scene, 
 from affine import Affine
 from scipy import ndimage
 
-from fiacli.errors import FiacliError, UsageError
-from fiacli.pipeline import segment_raster
+from fiacli.app.pipeline import segment_raster
+from fiacli.core.errors import FiacliError, UsageError
 
 pytestmark = pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning")
 
@@ -314,7 +314,7 @@ def test_existing_outputs_and_manifests_need_overwrite(tmp_path):
 
 @pytest.mark.parametrize("error", ["errno", "gdal"])
 def test_disk_full_is_one_clear_error_and_leaves_nothing(tmp_path, monkeypatch, error):
-    from fiacli import raster
+    from fiacli.geo import raster
 
     def full(self):
         if error == "errno":
@@ -334,7 +334,7 @@ def test_disk_full_in_the_polygon_spool_is_one_clear_error(tmp_path, monkeypatch
     """SQLite says 'database or disk is full' when the GeoPackage spool cannot grow."""
     import pyogrio
 
-    from fiacli import vectorize
+    from fiacli.geo import vectorize
 
     def full(*args, **kwargs):
         raise pyogrio.errors.DataSourceError("sqlite3_step() failed: database or disk is full")
@@ -425,7 +425,7 @@ def test_usage_errors_come_before_any_work(tmp_path):
 def test_input_tiles_are_cached_between_chip_reads(tmp_path, monkeypatch):
     """GDAL's block cache is really 16 MiB during a run (an integer GDAL_CACHEMAX is bytes to
     rasterio: 16 would disable it and make every read decode its tiles again)."""
-    from fiacli.raster import Scene
+    from fiacli.geo.raster import Scene
 
     monkeypatch.delenv("GDAL_CACHEMAX", raising=False)
     seen = []

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from _oracle import Oracle, random_rgb, read, write_tif
 
-import fiacli.pipeline
+import fiacli.app.pipeline
 
 pytestmark = pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning")
 
@@ -25,7 +25,7 @@ def oracle(monkeypatch):
         model.loaded.append((str(path), device, precision))
         return model
 
-    monkeypatch.setattr(fiacli.pipeline, "load_predictor", load)
+    monkeypatch.setattr(fiacli.app.pipeline, "load_predictor", load)
     return model
 
 
@@ -84,13 +84,13 @@ def test_interrupt_exits_130_and_leaves_nothing(run_cli, oracle, scene, tmp_path
 def test_without_a_model_the_bundled_demo_model_is_used_and_said_once(
     run_cli, oracle, scene, tmp_path, monkeypatch
 ):
-    import fiacli.demo
+    import fiacli.app.demo
 
-    monkeypatch.setattr(fiacli.demo, "ASSETS", tmp_path)  # a stand-in for the bundled file
-    (tmp_path / fiacli.demo.DEMO_MODEL_FILE).write_bytes(b"stand-in")
+    monkeypatch.setattr(fiacli.app.demo, "ASSETS", tmp_path)  # a stand-in for the bundled file
+    (tmp_path / fiacli.app.demo.DEMO_MODEL_FILE).write_bytes(b"stand-in")
     r = run_cli("segment", str(scene), "red", "-o", str(tmp_path / "o.tif"))
     assert r.exit_code == 0, r.stderr
-    assert oracle.loaded == [(str(tmp_path / fiacli.demo.DEMO_MODEL_FILE), "auto", "fp32")]
+    assert oracle.loaded == [(str(tmp_path / fiacli.app.demo.DEMO_MODEL_FILE), "auto", "fp32")]
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and "demo model" in lines[0] and "synthetic" in lines[0]
     assert "fiacli convert" in lines[0] and "fiacli train" in lines[0]
@@ -139,7 +139,7 @@ def test_bad_input_is_one_clear_line(run_cli, oracle, scene, tmp_path, monkeypat
     if "-o" not in argv:
         argv += ["-o", str(tmp_path / "o.gpkg")]
     if "--device" in argv:  # the real loader validates the device
-        monkeypatch.setattr(fiacli.pipeline, "load_predictor", _real_loader)
+        monkeypatch.setattr(fiacli.app.pipeline, "load_predictor", _real_loader)
     r = run_cli("segment", *argv, "-m", "m.safetensors")
     assert r.exit_code == code, (r.exit_code, r.stderr)
     assert message in one_line(r)
@@ -151,7 +151,7 @@ def test_choices_are_checked_by_the_parser(run_cli, scene):
     assert r.exit_code == 2 and "'max' is not one of" in r.stderr
 
 
-_real_loader = fiacli.pipeline.load_predictor
+_real_loader = fiacli.app.pipeline.load_predictor
 
 
 def test_read_only_output_folder(run_cli, oracle, scene, tmp_path, monkeypatch):

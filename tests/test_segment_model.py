@@ -22,7 +22,7 @@ pytestmark = pytest.mark.slow
 
 def _checkpoint(path, image_size: int):
     from fiacli.models import create_model, save_checkpoint
-    from fiacli.parsing import ParseSettings
+    from fiacli.text.parsing import ParseSettings
 
     torch.manual_seed(0)
     model = create_model("fianet-tiny", image_size=image_size)
@@ -52,8 +52,8 @@ def test_cli_with_a_real_checkpoint(run_cli, tiny64, tmp_path):
 
 
 def test_scene_scope_with_the_real_predictor(tiny64, tmp_path):
-    from fiacli.pipeline import segment_raster
-    from fiacli.predictor import RefSegPredictor
+    from fiacli.app.pipeline import segment_raster
+    from fiacli.app.predictor import RefSegPredictor
 
     scene = write_tif(tmp_path / "s.tif", random_rgb(64, 200))
     predictor = RefSegPredictor.from_checkpoint(tiny64, device="cpu")

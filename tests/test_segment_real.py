@@ -14,7 +14,7 @@ import shapely
 from _oracle import Oracle, read
 from conftest import shared_path
 
-from fiacli.pipeline import segment_raster
+from fiacli.app.pipeline import segment_raster
 
 
 def raster(name: str):

@@ -8,7 +8,7 @@ import pickle
 import numpy as np
 import pytest
 
-from fiacli.errors import FiacliError
+from fiacli.core.errors import FiacliError
 from fiacli.training import synth
 from fiacli.training.datasets import RRSISD, RRSISD_CLASSES, open_dataset
 from fiacli.training.synth import (

@@ -12,8 +12,8 @@ import nltk
 import pytest
 from conftest import REPO, shared_path
 
-from fiacli.errors import FiacliError, UsageError
-from fiacli.tagger import offline_tag, reset_tagger_cache, resolve_tagger
+from fiacli.core.errors import FiacliError, UsageError
+from fiacli.text.tagger import offline_tag, reset_tagger_cache, resolve_tagger
 
 
 @pytest.fixture

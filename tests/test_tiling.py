@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from rasterio.windows import Window
 
-from fiacli.errors import UsageError
-from fiacli.tiling import ChipGrid, ChipReader, RowStitcher, axis_offsets, axis_weights
+from fiacli.core.errors import UsageError
+from fiacli.geo.tiling import ChipGrid, ChipReader, RowStitcher, axis_offsets, axis_weights
 
 CASES = [(1, 64, 16), (63, 64, 16), (64, 64, 16), (65, 64, 16), (200, 64, 0), (211, 64, 30),
          (480, 48, 47), (1000, 480, 96), (97, 32, 8)]  # fmt: skip
@@ -188,7 +188,7 @@ def test_reader_batches_valid_chips_in_order_and_pads_small_scenes():
 
 
 def test_reader_reads_a_few_chips_at_a_time_on_wide_scenes():
-    from fiacli.tiling import READ_CHIPS
+    from fiacli.geo.tiling import READ_CHIPS
 
     grid = ChipGrid(32, 1000, 32, 8)  # one row: 41 chips 24 px apart + the edge chip
     scene = _FakeScene(32, 1000, nodata_first_col=False)

@@ -10,7 +10,7 @@ import torch
 import yaml
 from train_helpers import TINY_MODEL, make_synth, tiny_config, weights
 
-from fiacli.errors import FiacliError
+from fiacli.core.errors import FiacliError
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -81,7 +81,7 @@ def test_run_folder_holds_config_log_and_checkpoints(data, tmp_path, run_cli):
         assert (out / name).is_file()
 
     from fiacli.models import load_checkpoint
-    from fiacli.parsing import ParseSettings
+    from fiacli.text.parsing import ParseSettings
 
     model, meta = load_checkpoint(out / "best.safetensors")
     settings = ParseSettings.from_dict(meta["parse"])

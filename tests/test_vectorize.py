@@ -13,7 +13,7 @@ from affine import Affine
 from rasterio.crs import CRS
 from scipy import ndimage
 
-from fiacli.vectorize import (
+from fiacli.geo.vectorize import (
     PolygonWriter,
     RowOpening,
     area_m2,

@@ -18,8 +18,8 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset, default_collate
 
-from fiacli.console import info
-from fiacli.errors import FiacliError
+from fiacli.core.console import info
+from fiacli.core.errors import FiacliError
 from fiacli.training.distributed import DistInfo, barrier
 
 # Text features of a frozen encoder are kept in memory up to this size; beyond, they are computed
@@ -127,7 +127,7 @@ def model_inputs(
 
 def parse_settings_for(config: Any, tokenizer: str) -> Any:
     """Parse settings of the run's dataset: its class vocabulary, token length and mode."""
-    from fiacli.parsing import ParseSettings
+    from fiacli.text.parsing import ParseSettings
 
     return ParseSettings.for_dataset(
         _DATASET_FOR_PARSING.get(config.dataset, config.dataset),
@@ -140,7 +140,7 @@ def parse_settings_for(config: Any, tokenizer: str) -> Any:
 def parse_table(expressions: list[str], settings: Any, cache: Path, dist: DistInfo) -> Any:
     """Parse every unique expression once (rank 0 writes the cache, the others read it)."""
     from fiacli.models.text_encoder import TextBatch
-    from fiacli.parsing import parse_cached
+    from fiacli.text.parsing import parse_cached
 
     if dist.is_main:
         parsed = parse_cached(expressions, settings, cache)

@@ -30,8 +30,8 @@ from typing import Any
 
 import numpy as np
 
-from fiacli.errors import FiacliError
-from fiacli.safe_pickle import safe_load
+from fiacli.core.errors import FiacliError
+from fiacli.core.safe_pickle import safe_load
 from fiacli.training.readers import DataFileError, read_mask, read_rgb
 from fiacli.training.rle import MaskSizeError, RLEError, decode_segmentation
 

@@ -22,7 +22,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from fiacli.errors import FiacliError
+from fiacli.core.errors import FiacliError
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Subset, default_collate
 
-from fiacli.errors import FiacliError
+from fiacli.core.errors import FiacliError
 from fiacli.training.metrics import THRESHOLDS, RefSegMetrics, metric_groups
 
 POSITION_ONLY = "position-only"
@@ -80,7 +80,7 @@ def evaluate_split(
     expressions in ``rows``. Under torch.distributed each rank scores a shard and the sums are
     merged, so every rank returns the same result.
     """
-    from fiacli.device import autocast
+    from fiacli.core.device import autocast
     from fiacli.training.transforms import resize_logits
 
     rank, world = (dist.rank, dist.world_size) if dist is not None else (0, 1)
@@ -208,13 +208,13 @@ def evaluate_checkpoint(
     """Load a fiacli checkpoint and score it on one split with the parse settings it records.
 
     ``strip_position`` removes the spatial phrase from every expression first
-    (:func:`fiacli.parsing.strip_position`): what the model scores without being told where.
+    (:func:`fiacli.text.parsing.strip_position`): what the model scores without being told where.
     """
-    from fiacli.device import resolve_device
+    from fiacli.core.device import resolve_device
     from fiacli.models import load_checkpoint
     from fiacli.models.text_encoder import TextBatch
-    from fiacli.parsing import ParseSettings, parse_cached, parse_many
-    from fiacli.parsing import strip_position as strip
+    from fiacli.text.parsing import ParseSettings, parse_cached, parse_many
+    from fiacli.text.parsing import strip_position as strip
     from fiacli.training.data_pipeline import WithText
     from fiacli.training.datasets import open_dataset
     from fiacli.training.transforms import eval_transform

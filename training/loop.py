@@ -16,8 +16,8 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
-from fiacli.console import info, warn
-from fiacli.errors import FiacliError
+from fiacli.core.console import info, warn
+from fiacli.core.errors import FiacliError
 from fiacli.training import distributed as dist_utils
 from fiacli.training.data_pipeline import RunData, build_run_data, model_inputs
 from fiacli.training.optim import (
@@ -100,7 +100,7 @@ class Trainer:
 
     def __init__(self, config: TrainConfig, *, resume: bool = False):
         self.config = config
-        from fiacli.device import resolve_device
+        from fiacli.core.device import resolve_device
 
         device = resolve_device(config.device)
         self.dist = dist_utils.setup(device)
@@ -262,7 +262,7 @@ class Trainer:
         )
 
     def _micro_step(self, batch: dict[str, Any], sync: bool) -> torch.Tensor:
-        from fiacli.device import autocast
+        from fiacli.core.device import autocast
 
         image, target, text = model_inputs(batch, self.data, self.device)
         with dist_utils.no_sync(self.ddp_model, skip=not sync):
@@ -342,7 +342,7 @@ class Trainer:
         """Train to the end of ``epoch``; True when a step/time limit stopped it early."""
         from rich.progress import TextColumn
 
-        from fiacli.console import progress
+        from fiacli.core.console import progress
 
         cfg = self.config
         loader = self._loader(epoch, done)

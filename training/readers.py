@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fiacli.errors import FiacliError
+from fiacli.core.errors import FiacliError
 
 REFSEGRS_MASK_THRESHOLD = 50
 

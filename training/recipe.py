@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from fiacli.errors import FiacliError, UsageError
+from fiacli.core.errors import FiacliError, UsageError
 
 DATASETS = ("rrsisd", "refsegrs", "synth")
 
@@ -259,7 +259,7 @@ def resolve_config(
 
 def save_config(config: TrainConfig, path: str | os.PathLike[str]) -> Path:
     """Write the resolved config as YAML (atomically; it is replaced on every fresh start)."""
-    from fiacli.io import atomic_output
+    from fiacli.core.io import atomic_output
 
     with atomic_output(path, overwrite=True) as tmp:
         tmp.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False), encoding="utf-8")

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from fiacli.errors import FiacliError
+from fiacli.core.errors import FiacliError
 
 
 class RLEError(FiacliError):

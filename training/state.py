@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch.utils.data import DistributedSampler
 
-from fiacli.errors import FiacliError
+from fiacli.core.errors import FiacliError
 
 
 class ResumableSampler(DistributedSampler):

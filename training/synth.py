@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
-from fiacli.errors import FiacliError
+from fiacli.core.errors import FiacliError
 from fiacli.training.datasets import (
     RRSISD_CLASSES,
     RRSISD_IMAGES,

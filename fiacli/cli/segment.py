@@ -1,0 +1,253 @@
+"""`fiacli segment`: describe an object, get its pixels from a GeoTIFF as a mask or polygons."""
+
+from __future__ import annotations
+
+import warnings
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from fiacli.cli.common import command, examples
+from fiacli.cli.options import Device, JsonOutput, Overwrite
+
+
+class Blend(str, Enum):
+    cosine = "cosine"
+    crop = "crop"
+    none = "none"
+
+
+class Precision(str, Enum):
+    fp32 = "fp32"
+    bf16 = "bf16"
+    fp16 = "fp16"
+
+
+class Scope(str, Enum):
+    chip = "chip"
+    scene = "scene"
+
+
+HELP = (
+    "Segment the object an expression describes in a scene of any size.\n\n"
+    "The scene is read and written window by window (memory holds about one row of chips, never "
+    "the scene), chips are blended across their overlaps and outputs keep the scene's CRS and "
+    "grid. The output "
+    "format follows the extension: .tif (mask, one band per expression: 1 object, 0 background, "
+    "255 nodata) or .gpkg/.geojson/.parquet/.shp/.fgb (polygons with expression, area_m2, "
+    "pixels, mean_prob).\n\n"
+    "--scope: spatial words are relative to what the model sees. chip (default): 'on the left' "
+    "means the left of each chip. scene: a coarse pass over the whole scene shrunk to one chip "
+    "finds where the expression points, then full-resolution chips with the object words only "
+    "refine it there, so 'on the left' means the left of the whole scene.\n\n"
+    "-m: a checkpoint, or a name from `fiacli models`; without it, the bundled demo model "
+    "(trained on synthetic scenes only; say so on stderr). --demo segments the bundled demo "
+    "scene (a synthetic 2,048² px GeoTIFF): every positional argument is then an expression, "
+    "the demo expression when none is given."
+)
+
+
+def _demo_arguments(scene: str | None, expression: list[str] | None) -> tuple[str, list[str]]:
+    """With --demo, SCENE is the bundled scene and the positional words are expressions."""
+    from fiacli.app.demo import demo_scene_path
+    from fiacli.core.errors import UsageError
+
+    given = [t for t in (scene, *(expression or [])) if t is not None]
+    if given and (Path(given[0]).suffix.lower() in (".tif", ".tiff", ".vrt")
+                  or Path(given[0]).is_file()):  # fmt: skip
+        raise UsageError(f"--demo segments the bundled scene; remove the scene {given[0]!r}")
+    return str(demo_scene_path()), given
+
+
+def _read_expressions(positional: list[str] | None, repeated: list[str] | None,
+                      file: Path | None) -> list[str]:  # fmt: skip
+    from fiacli.core.errors import FiacliError
+
+    texts = [*(positional or []), *(repeated or [])]
+    if file is not None:
+        try:
+            lines = file.read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise FiacliError(f"cannot read --expressions {file}: {exc}") from None
+        texts += [ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
+        if not texts:
+            raise FiacliError(f"--expressions {file} holds no expression")
+    return texts
+
+
+@command(
+    "segment",
+    help=HELP,
+    epilog=examples(
+        'fiacli segment --demo "the yellow vehicle" --min-area 15 -o demo.gpkg --preview demo.png',
+        'fiacli segment scene.tif "the white van on the left road" -m model.safetensors '
+        "-o van.gpkg --preview van.png",
+        'fiacli segment scene.tif "the storage tank" -m my-model -o tanks.gpkg',
+        'fiacli segment scene.tif -e "the storage tank" -e "the ship" -m model.safetensors '
+        "-o objects.tif --probabilities probs.tif --cog",
+        'fiacli segment big.tif "the airplane on the left" --scope scene -m model.safetensors '
+        "-o plane.gpkg --min-area 50 --simplify 0.5 --dst-crs EPSG:4326",
+        "fiacli segment landsat.tif --expressions queries.txt --bands 4,3,2 --resolution 0.5 "
+        "-m model.safetensors -o out.parquet --json",
+    ),
+)
+def segment(
+    scene: Annotated[
+        str | None,
+        typer.Argument(
+            help="Raster GDAL reads (GeoTIFF, COG, VRT, URL); omitted with --demo.",
+            show_default=False,
+        ),
+    ] = None,
+    expression: Annotated[
+        list[str] | None, typer.Argument(help="What to find, e.g. 'the ship on the left'.")
+    ] = None,
+    expressions: Annotated[
+        list[str] | None,
+        typer.Option("-e", "--expression", help="Another expression (repeatable)."),
+    ] = None,
+    expressions_file: Annotated[
+        Path | None,
+        typer.Option("--expressions", help="Text file: one expression per line, # comments."),
+    ] = None,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            "-m",
+            "--model",
+            help="fiacli checkpoint (.safetensors) or a name from `fiacli models`. "
+            "\\[default: the bundled demo model]",
+        ),
+    ] = None,
+    demo: Annotated[
+        bool,
+        typer.Option("--demo", help="Segment the bundled synthetic demo scene (see above)."),
+    ] = False,
+    output: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "-o", "--output", help="Output by extension; repeatable. \\[default: SCENE.gpkg]"
+        ),
+    ] = None,
+    probabilities: Annotated[
+        Path | None, typer.Option(help="Also write probabilities (uint8 0-255 GeoTIFF).")
+    ] = None,
+    preview: Annotated[
+        Path | None,
+        typer.Option(
+            help="Also write a quicklook PNG: the scene with the result outlined, the "
+            "expression as title."
+        ),
+    ] = None,
+    bands: Annotated[
+        str | None,
+        typer.Option(help="Bands as R,G,B (1-based), or one band. \\[default: RGB, else 1,2,3]"),
+    ] = None,
+    resolution: Annotated[
+        float | None, typer.Option(help="Resample to this many metres per pixel first.")
+    ] = None,
+    chip: Annotated[
+        int | None, typer.Option(help="Chip side in pixels. \\[default: the model's, 480]")
+    ] = None,
+    overlap: Annotated[
+        int | None,
+        typer.Option(help="Pixels shared by neighbouring chips. \\[default: chip/5, 96 at 480]"),
+    ] = None,
+    blend: Annotated[
+        Blend,
+        typer.Option(help="cosine-weighted average, each chip's centre only, or plain mean."),
+    ] = Blend.cosine,
+    batch_size: Annotated[int, typer.Option(help="Chips per model call.")] = 4,
+    device: Device = "auto",
+    precision: Annotated[
+        Precision, typer.Option(help="fp16 needs CUDA; bf16 works on CPU too.")
+    ] = Precision.fp32,
+    scope: Annotated[
+        Scope,
+        typer.Option(help="Where spatial words apply: each chip, or the whole scene (above)."),
+    ] = Scope.chip,
+    threshold: Annotated[
+        float, typer.Option(help="Probability above which a pixel is the object.")
+    ] = 0.5,  # noqa: E501
+    cog: Annotated[bool, typer.Option("--cog", help="Write .tif outputs as COGs.")] = False,
+    min_area: Annotated[float, typer.Option(help="Drop polygons smaller than this (m²).")] = 0.0,
+    simplify: Annotated[
+        float, typer.Option(help="Simplify polygons with this tolerance (CRS units).")
+    ] = 0.0,
+    open_px: Annotated[
+        int, typer.Option("--open", help="Remove specks narrower than 2·PX+1 pixels.")
+    ] = 0,
+    dst_crs: Annotated[str | None, typer.Option(help="Reproject polygons, e.g. EPSG:4326.")] = None,
+    allow_ungeoreferenced: Annotated[
+        bool,
+        typer.Option(help="Accept a scene without CRS; outputs are in pixel coordinates."),
+    ] = False,
+    overwrite: Overwrite = False,
+    as_json: JsonOutput = False,
+) -> None:
+    from fiacli.app.api import load_model
+    from fiacli.app.pipeline import clean_expressions, plan_outputs
+    from fiacli.core.console import console, print_json
+    from fiacli.core.errors import UsageError
+    from fiacli.geo.raster import open_scene, parse_bands
+
+    if demo:
+        scene, expression = _demo_arguments(scene, expression)
+    elif scene is None:
+        raise UsageError("no scene given: fiacli segment SCENE EXPRESSION (or --demo)")
+    given = _read_expressions(expression, expressions, expressions_file)
+    if demo and not given:
+        from fiacli.app.demo import DEMO_EXPRESSION
+
+        given = [DEMO_EXPRESSION]
+    texts = clean_expressions(given)
+    outputs = list(output or [Path(Path(scene).stem + ".gpkg")])
+    band_list = parse_bands(bands)
+    # refuse bad outputs and scenes before paying for the model
+    plan_outputs(outputs, probabilities=probabilities, overwrite=overwrite, preview=preview)
+    probe = dict(bands=band_list, resolution=resolution, stretch=False,
+                 allow_ungeoreferenced=allow_ungeoreferenced)  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        open_scene(scene, **probe).close()
+    segmenter = load_model(model, device=device, precision=precision.value)
+    result = segmenter.segment(
+        scene,
+        texts,
+        outputs,
+        chip=chip,
+        overlap=overlap,
+        blend=blend.value,
+        batch_size=batch_size,
+        bands=band_list,
+        resolution=resolution,
+        scope=scope.value,
+        threshold=threshold,
+        probabilities=probabilities,
+        preview=preview,
+        cog=cog,
+        min_area=min_area,
+        simplify=simplify,
+        open_px=open_px,
+        dst_crs=dst_crs,
+        allow_ungeoreferenced=allow_ungeoreferenced,
+        overwrite=overwrite,
+        show_progress=not as_json,
+    )
+    if as_json:
+        print_json(result.to_dict())
+        return
+    for item in result.per_expression:
+        polys = "" if item["polygons"] is None else f", {item['polygons']} polygon(s)"
+        console.print(
+            f"{item['expression']!r}: {item['foreground_pixels']} pixel(s){polys}",
+            highlight=False,
+        )
+    written = [result.outputs["mask"], result.outputs["probabilities"],
+               *result.outputs["vectors"], result.outputs["preview"],
+               result.outputs["manifest"]]  # fmt: skip
+    for path in written:
+        if path:
+            console.print(f"wrote {path}", highlight=False)

@@ -22,6 +22,7 @@ _LAZY = {
     "Segmenter": "fiacli.app.api",
     "segment": "fiacli.app.api",
     "SegmentResult": "fiacli.app.pipeline",
+    "SegmentOptions": "fiacli.app.segment_options",
     "demo_scene_path": "fiacli.app.demo",
 }
 

@@ -113,7 +113,7 @@ BAD = [
     (["{notes}", "red"], 1, "cannot read"),
     (["{scene}", "red", "--bands", "1,2,7"], 1, "asks for band 7"),
     (["{scene}", "red", "--bands", "x"], 2, "--bands"),
-    (["{scene}", "  "], 1, "empty"),
+    (["{scene}", "  "], 2, "empty"),  # a usage error
     (["{scene}"], 2, "no expression"),
     (["{scene}", "red", "-o", "{tmp}/x.kml"], 2, "unknown output extension"),
     (["{scene}", "red", "-o", "{tmp}/none/x.tif"], 1, "does not exist"),

@@ -26,11 +26,12 @@ import numpy as np
 from fiacli.app import pipeline
 from fiacli.app.named_models import ResolvedModel, resolve_model
 from fiacli.app.pipeline import SegmentResult
+from fiacli.app.segment_options import SegmentOptions, clean_expressions
 from fiacli.core.console import info
 from fiacli.core.errors import FiacliError
 from fiacli.text.parsing import parse
 
-__all__ = ["Segmenter", "load_model", "parse", "segment", "SegmentResult"]
+__all__ = ["Segmenter", "SegmentOptions", "SegmentResult", "load_model", "parse", "segment"]
 
 PathLike = str | os.PathLike[str]
 
@@ -62,21 +63,24 @@ class Segmenter:
         scene: PathLike,
         expressions: str | Sequence[str],
         output: PathLike | Sequence[PathLike] | None = None,
-        **options: Any,
+        options: SegmentOptions | None = None,
+        *,
+        show_progress: bool = False,
+        **changes: Any,
     ) -> SegmentResult:
         """Segment ``expressions`` in ``scene``; see :func:`fiacli.app.pipeline.segment_raster`.
 
         ``output`` defaults to ``<scene name>.gpkg`` in the current folder, like the CLI;
-        ``preview="out.png"`` also writes a quicklook with the result outlined. Every other
-        keyword (``chip``, ``scope``, ``threshold``, ``min_area``, ``overwrite`` …) is a
-        ``fiacli segment`` option.
+        ``options`` is a :class:`SegmentOptions`, and keywords change it (``chip``, ``scope``,
+        ``threshold``, ``min_area``, ``preview="out.png"``, ``overwrite`` …: the ``fiacli
+        segment`` options by their Python names); an unknown keyword is an error.
         """
         if output is None:
             output = [Path(Path(os.fspath(scene)).stem + ".gpkg")]
-        options.setdefault("model_info", self.model_info)
         return pipeline.segment_raster(
-            scene, expressions, output, predictor=self.predictor, **options
-        )
+            scene, expressions, output, options, predictor=self.predictor,
+            model_info=self.model_info, show_progress=show_progress, **changes,
+        )  # fmt: skip
 
     def predict(self, image: np.ndarray, expression: str) -> np.ndarray:
         """Probability of the referred object for one RGB image in memory (``H×W×3`` or
@@ -86,7 +90,7 @@ class Segmenter:
         if array.ndim != 3 or 3 not in (array.shape[0], array.shape[-1]):
             raise FiacliError(f"expected one RGB image (H, W, 3) or (3, H, W); got {array.shape}")
         chw = array if array.shape[0] == 3 and array.shape[-1] != 3 else array.transpose(2, 0, 1)
-        encoded = self.predictor.encode(pipeline.clean_expressions(expression)[0])
+        encoded = self.predictor.encode(clean_expressions(expression)[0])
         return self.predictor.predict(chw[None], encoded)[0]
 
     def __repr__(self) -> str:
@@ -135,11 +139,12 @@ def segment(
     scene: PathLike,
     expressions: str | Sequence[str],
     output: PathLike | Sequence[PathLike] | None = None,
+    options: SegmentOptions | None = None,
     *,
     model: PathLike | None = None,
     device: str = "auto",
     precision: str = "fp32",
-    **options: Any,
+    **changes: Any,
 ) -> SegmentResult:
     """``fiacli segment`` in one call: load ``model`` (cached) and run :meth:`Segmenter.segment`."""
-    return _cached(model, device, precision).segment(scene, expressions, output, **options)
+    return _cached(model, device, precision).segment(scene, expressions, output, options, **changes)

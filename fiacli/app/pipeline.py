@@ -3,8 +3,8 @@
 The scene is never in memory. A background thread reads chips (``--chip`` pixels, ``--overlap``
 apart, edge chips shifted back inside the scene) and batches them; the model runs on the main
 thread; :class:`~fiacli.geo.tiling.RowStitcher` blends the probabilities and hands out rows as
-soon as no later chip can touch them; those rows are thresholded, optionally opened, written to tiled
-GeoTIFFs and fed to the streaming vectoriser. Peak memory is one chip row of the scene.
+soon as no later chip can touch them; those rows are thresholded, optionally opened, written to
+tiled GeoTIFFs and fed to the streaming vectoriser. Peak memory is one chip row of the scene.
 
 Spatial words ("on the left") are relative to what the model sees, so ``scope`` says which image
 that is. ``chip``: every chip is segmented with the full expression, so "left" means the left of
@@ -42,16 +42,15 @@ from rasterio.enums import Resampling
 from scipy import ndimage
 
 from fiacli import __version__
+from fiacli.app.segment_options import Outputs, SegmentOptions, preflight
 from fiacli.core.console import progress as rich_progress
 from fiacli.core.console import warn
 from fiacli.core.errors import FiacliError, UsageError
-from fiacli.core.io import atomic_output, check_output_path
+from fiacli.core.io import atomic_output
 from fiacli.geo.raster import FILL_RGB, RasterRowWriter, Scene, open_scene, translate_to_cog
-from fiacli.geo.tiling import BLENDS, ChipGrid, ChipReader, ChipWindow, RowStitcher
-from fiacli.geo.vectorize import VECTOR_DRIVERS, PolygonWriter, RowOpening
+from fiacli.geo.tiling import ChipGrid, ChipReader, ChipWindow, RowStitcher
+from fiacli.geo.vectorize import PolygonWriter, RowOpening
 
-RASTER_SUFFIXES = (".tif", ".tiff")
-SCOPES = ("chip", "scene")
 SCENE_MARGIN = 4  # coarse-pass pixels added around the region found in scene scope
 # GDAL's block cache: the decoded input tiles that neighbouring chips share (without it every
 # read decodes its tiles again: 6x slower on JPEG scenes). In bytes: rasterio passes an integer
@@ -116,81 +115,6 @@ class SegmentResult:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-@dataclass
-class _Outputs:
-    mask: Path | None
-    vectors: list[Path]
-    probabilities: Path | None
-    manifest: Path | None
-    preview: Path | None = None
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "mask": str(self.mask) if self.mask else None,
-            "probabilities": str(self.probabilities) if self.probabilities else None,
-            "vectors": [str(v) for v in self.vectors],
-            "preview": str(self.preview) if self.preview else None,
-            "manifest": str(self.manifest) if self.manifest else None,
-        }
-
-
-def plan_outputs(
-    output: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
-    *,
-    probabilities: str | os.PathLike[str] | None = None,
-    manifest: bool = True,
-    overwrite: bool = False,
-    preview: str | os.PathLike[str] | None = None,
-) -> _Outputs:
-    """Sort outputs by extension and refuse, before any work, what cannot be written."""
-    from fiacli.geo.preview import check_preview_path
-
-    paths = [Path(output)] if isinstance(output, (str, os.PathLike)) else [Path(p) for p in output]
-    if not paths and probabilities is None and preview is None:
-        raise UsageError("no output given: pass -o OUT.gpkg, OUT.tif, …")
-    known = ", ".join((*RASTER_SUFFIXES, *VECTOR_DRIVERS))
-    mask, vectors = None, []
-    for p in paths:
-        suffix = p.suffix.lower()
-        if suffix in RASTER_SUFFIXES:
-            if mask is not None:
-                raise UsageError(f"two mask rasters given ({mask}, {p}); give one .tif")
-            mask = p
-        elif suffix in VECTOR_DRIVERS:
-            vectors.append(p)
-        else:
-            raise UsageError(f"unknown output extension {suffix or '(none)'!r} in {p}; use {known}")
-    prob = Path(probabilities) if probabilities is not None else None
-    if prob is not None and prob.suffix.lower() not in RASTER_SUFFIXES:
-        raise UsageError(f"--probabilities writes a GeoTIFF; give a .tif path, not {prob}")
-    look = check_preview_path(preview) if preview is not None else None
-    first = paths[0] if paths else prob or look
-    assert first is not None
-    man = first.with_name(f"{first.stem}.manifest.json") if manifest else None
-    every = [p for p in (mask, *vectors, prob, look, man) if p is not None]
-    resolved = [p.resolve() for p in every]
-    if len(set(resolved)) != len(resolved):
-        raise UsageError("the same output path is given twice")
-    for p in every:
-        check_output_path(p, overwrite=overwrite)
-    return _Outputs(mask, vectors, prob, man, look)
-
-
-def clean_expressions(expressions: str | Sequence[str]) -> list[str]:
-    """Stripped expressions; an empty one is an error, not a silent no-op."""
-    items = [expressions] if isinstance(expressions, str) else list(expressions)
-    if not items:
-        raise UsageError("no expression given: describe the object, e.g. 'the white van'")
-    out = []
-    for i, text in enumerate(items, 1):
-        text = " ".join(str(text).split())
-        if not text:
-            where = "" if len(items) == 1 else f" {i}"
-            raise FiacliError(f"expression{where} is empty")
-        out.append(text)
-    return out
 
 
 @dataclass
@@ -296,80 +220,16 @@ def _disk_error(exc: BaseException) -> bool:
     return "no space left" in text or "disk is full" in text  # GDAL / SQLite (the spool)
 
 
-@dataclass(frozen=True)
-class SegmentOptions:
-    """Every knob of a run: the keyword arguments of :func:`segment_raster`, checked once."""
-
-    chip: int | None = None
-    overlap: int | None = None  # None: a fifth of the chip, 96 px for the usual 480
-    blend: str = "cosine"
-    batch_size: int = 4
-    bands: tuple[int, ...] | None = None
-    resolution: float | None = None
-    scope: str = "chip"
-    threshold: float = 0.5
-    probabilities: str | os.PathLike[str] | None = None
-    preview: str | os.PathLike[str] | None = None
-    cog: bool = False
-    min_area: float = 0.0
-    simplify: float = 0.0
-    open_px: int = 0
-    dst_crs: str | None = None
-    allow_ungeoreferenced: bool = False
-    overwrite: bool = False
-    manifest: bool = True
-    model_info: dict[str, Any] | None = None
-    show_progress: bool = False
-
-    def check(self) -> None:
-        if self.batch_size < 1:
-            raise UsageError("--batch-size must be at least 1")
-        if not 0.0 <= self.threshold < 1.0:
-            raise UsageError("--threshold must be in [0, 1)")
-        if self.scope not in SCOPES:
-            raise UsageError(f"unknown scope {self.scope!r}; use chip or scene")
-        if self.blend not in BLENDS:
-            raise UsageError(f"unknown blend {self.blend!r}; use cosine, crop or none")
-        if min(self.min_area, self.simplify, self.open_px) < 0:
-            raise UsageError("--min-area, --simplify and --open cannot be negative")
-        if self.chip is not None and self.chip < 16:
-            raise UsageError(f"--chip must be at least 16 pixels, not {self.chip}")
-
-    def record(self) -> dict[str, Any]:
-        """The options as the manifest stores them."""
-        skip = ("model_info", "show_progress", "overwrite", "manifest", "probabilities",
-                "preview")  # fmt: skip
-        out = {k: v for k, v in asdict(self).items() if k not in skip}
-        out["bands"] = list(self.bands) if self.bands else None
-        return out
-
-
 def segment_raster(
     src: str | os.PathLike[str],
     expressions: str | Sequence[str],
     output: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+    options: SegmentOptions | None = None,
     *,
     predictor: ChipPredictor,
-    chip: int | None = None,
-    overlap: int | None = None,
-    blend: str = "cosine",
-    batch_size: int = 4,
-    bands: Sequence[int] | None = None,
-    resolution: float | None = None,
-    scope: str = "chip",
-    threshold: float = 0.5,
-    probabilities: str | os.PathLike[str] | None = None,
-    preview: str | os.PathLike[str] | None = None,
-    cog: bool = False,
-    min_area: float = 0.0,
-    simplify: float = 0.0,
-    open_px: int = 0,
-    dst_crs: str | None = None,
-    allow_ungeoreferenced: bool = False,
-    overwrite: bool = False,
-    manifest: bool = True,
     model_info: dict[str, Any] | None = None,
     show_progress: bool = False,
+    **changes: Any,
 ) -> SegmentResult:
     """Segment ``expressions`` in the scene ``src`` and write ``output`` (by extension).
 
@@ -377,36 +237,15 @@ def segment_raster(
     ``.gpkg/.geojson/.parquet/.shp/.fgb``: polygons with ``expression``, ``area_m2``, ``pixels``
     and ``mean_prob``; ``probabilities``: a uint8 0-255 GeoTIFF (nodata in its mask band);
     ``preview``: a PNG quicklook with the polygons outlined (:mod:`fiacli.geo.preview`).
-    ``chip`` defaults to ``predictor.image_size`` and ``overlap`` to a fifth of it (96 px at
-    480); ``scope`` is ``"chip"`` or ``"scene"`` (see the module docstring); ``min_area`` is in
-    m², ``simplify`` in CRS units, ``open_px`` in pixels. A file appears under its final name
-    only when complete; a failure or Ctrl-C leaves nothing behind.
+    ``options`` (:class:`~fiacli.app.segment_options.SegmentOptions`) and keyword ``changes`` to
+    it (``chip=``, ``scope=`` …; an unknown name is an error) say how; ``scope`` is ``"chip"`` or
+    ``"scene"`` (see the module docstring). A file appears under its final name only when
+    complete; a failure or Ctrl-C leaves nothing behind.
     """
     t_start = time.perf_counter()
-    opts = SegmentOptions(
-        chip=chip, overlap=overlap, blend=blend, batch_size=batch_size,
-        bands=tuple(bands) if bands else None, resolution=resolution, scope=scope,
-        threshold=threshold, probabilities=probabilities, preview=preview, cog=cog,
-        min_area=min_area,
-        simplify=simplify, open_px=open_px, dst_crs=dst_crs,
-        allow_ungeoreferenced=allow_ungeoreferenced, overwrite=overwrite, manifest=manifest,
-        model_info=model_info, show_progress=show_progress,
-    )  # fmt: skip
-    opts.check()
-    texts = clean_expressions(expressions)
-    outs = plan_outputs(
-        output, probabilities=opts.probabilities, manifest=opts.manifest,
-        overwrite=opts.overwrite, preview=opts.preview,
-    )  # fmt: skip
-    if opts.cog and outs.mask is None and outs.probabilities is None:
-        raise UsageError("--cog needs a .tif output or --probabilities")
-    if opts.dst_crs is not None:
-        from rasterio.crs import CRS
-
-        try:
-            CRS.from_user_input(opts.dst_crs)
-        except Exception:
-            raise UsageError(f"--dst-crs: unknown CRS {opts.dst_crs!r}") from None
+    opts = SegmentOptions.build(options, **changes)
+    plan = preflight(src, expressions, output, opts)
+    texts, outs = plan.expressions, plan.outputs
     timings: dict[str, float] = {}
     env = {} if "GDAL_CACHEMAX" in os.environ else {"GDAL_CACHEMAX": GDAL_CACHE_BYTES}
     t0 = time.perf_counter()
@@ -415,14 +254,13 @@ def segment_raster(
     with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True, **env), open_scene(src, **scene_args) as scene:
         for note in scene.warnings:
             warn(note)
-        if scene.crs is None and (opts.min_area > 0 or opts.dst_crs is not None):
-            raise UsageError("--min-area and --dst-crs need a georeferenced scene")
         size = int(opts.chip or predictor.image_size)
         overlap = opts.overlap if opts.overlap is not None else round(size * OVERLAP_SHARE)
         grid = ChipGrid(scene.height, scene.width, size, overlap)
         timings["open"] = time.perf_counter() - t0
         try:
-            return _run(scene, grid, texts, outs, predictor, opts, timings, t_start)
+            return _run(scene, grid, texts, outs, predictor, opts, timings, t_start,
+                        model_info=model_info, show_progress=show_progress)  # fmt: skip
         except (FiacliError, KeyboardInterrupt):
             raise
         except Exception as exc:
@@ -433,9 +271,10 @@ def segment_raster(
             raise
 
 
-def _run(scene: Scene, grid: ChipGrid, texts: list[str], outs: _Outputs,
+def _run(scene: Scene, grid: ChipGrid, texts: list[str], outs: Outputs,
          predictor: ChipPredictor, opts: SegmentOptions, timings: dict[str, float],
-         t_start: float) -> SegmentResult:  # fmt: skip
+         t_start: float, *, model_info: dict[str, Any] | None,
+         show_progress: bool) -> SegmentResult:  # fmt: skip
     """The streaming pass and the writing of every output (inside their atomic contexts)."""
     n_bands = len(texts)
     scope = opts.scope if len(grid) > 1 else "chip"  # one chip: the two scopes coincide
@@ -449,8 +288,7 @@ def _run(scene: Scene, grid: ChipGrid, texts: list[str], outs: _Outputs,
     timings["encode"] = time.perf_counter() - t0
 
     with contextlib.ExitStack() as stack:
-        finals = [p for p in (outs.mask, outs.probabilities, *outs.vectors, outs.preview)
-                  if p is not None]  # fmt: skip
+        finals = outs.finals()
         tmp = {p: stack.enter_context(atomic_output(p, overwrite=opts.overwrite)) for p in finals}
         scratch = None
         if opts.cog:  # COGs are copied from a finished GeoTIFF, built in a hidden scratch folder
@@ -480,7 +318,8 @@ def _run(scene: Scene, grid: ChipGrid, texts: list[str], outs: _Outputs,
             writers.get("probabilities", (None,))[0], polygons,
             RowOpening(opts.open_px) if opts.open_px > 0 else None,
         )  # fmt: skip
-        counts = _stream(scene, grid, predictor, encoded, regions, sinks, opts, timings)
+        counts = _stream(scene, grid, predictor, encoded, regions, sinks, opts, timings,
+                         show_progress=show_progress)  # fmt: skip
 
         t0 = time.perf_counter()
         for kind, (w, final_tmp) in writers.items():
@@ -521,19 +360,19 @@ def _run(scene: Scene, grid: ChipGrid, texts: list[str], outs: _Outputs,
             warnings=list(scene.warnings),
         )
         if outs.manifest is not None:
-            _write_manifest(outs.manifest, result, opts)
+            _write_manifest(outs.manifest, result, model_info, overwrite=opts.overwrite)
     return result
 
 
 def _stream(scene: Scene, grid: ChipGrid, predictor: ChipPredictor, encoded: list[Any],
             regions: list[SceneRegion | None], sinks: _Sinks, opts: SegmentOptions,
-            timings: dict[str, float]) -> dict[str, int]:  # fmt: skip
+            timings: dict[str, float], *, show_progress: bool) -> dict[str, int]:  # fmt: skip
     """Read, predict, blend and emit rows, chip row after chip row."""
     stitcher = RowStitcher(grid, len(encoded), opts.blend)  # type: ignore[arg-type]
     counts = {"total": len(grid), "predicted": 0, "skipped_nodata": 0, "skipped_outside": 0}
     model_s = stitch_s = 0.0
     bar = rich_progress()
-    bar.disable = bar.disable or not opts.show_progress
+    bar.disable = bar.disable or not show_progress
     with bar, ChipReader(scene, grid, opts.batch_size) as reader:
         task = bar.add_task("segmenting", total=len(grid))
         for batch in reader:
@@ -582,14 +421,15 @@ def _stream(scene: Scene, grid: ChipGrid, predictor: ChipPredictor, encoded: lis
     return counts
 
 
-def _write_manifest(path: Path, result: SegmentResult, opts: SegmentOptions) -> None:
+def _write_manifest(path: Path, result: SegmentResult, model_info: dict[str, Any] | None, *,
+                    overwrite: bool) -> None:  # fmt: skip
     """Provenance beside the outputs: model, expressions, options, fiacli version."""
     payload = {
         "fiacli_version": __version__,
         "command": "segment",
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "model": opts.model_info,
+        "model": model_info,
         **result.to_dict(),
     }
-    with atomic_output(path, overwrite=opts.overwrite) as tmp:
+    with atomic_output(path, overwrite=overwrite) as tmp:
         tmp.write_text(json.dumps(payload, indent=2, default=str) + "\n")

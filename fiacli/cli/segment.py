@@ -2,33 +2,16 @@
 
 from __future__ import annotations
 
-import warnings
-from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from fiacli.app.segment_options import Scope
 from fiacli.cli.common import command, examples
 from fiacli.cli.options import Device, JsonOutput, Overwrite
-
-
-class Blend(str, Enum):
-    cosine = "cosine"
-    crop = "crop"
-    none = "none"
-
-
-class Precision(str, Enum):
-    fp32 = "fp32"
-    bf16 = "bf16"
-    fp16 = "fp16"
-
-
-class Scope(str, Enum):
-    chip = "chip"
-    scene = "scene"
-
+from fiacli.core.device import Precision
+from fiacli.geo.tiling import Blend
 
 HELP = (
     "Segment the object an expression describes in a scene of any size.\n\n"
@@ -158,16 +141,16 @@ def segment(
     blend: Annotated[
         Blend,
         typer.Option(help="cosine-weighted average, each chip's centre only, or plain mean."),
-    ] = Blend.cosine,
+    ] = "cosine",
     batch_size: Annotated[int, typer.Option(help="Chips per model call.")] = 4,
     device: Device = "auto",
     precision: Annotated[
         Precision, typer.Option(help="fp16 needs CUDA; bf16 works on CPU too.")
-    ] = Precision.fp32,
+    ] = "fp32",
     scope: Annotated[
         Scope,
         typer.Option(help="Where spatial words apply: each chip, or the whole scene (above)."),
-    ] = Scope.chip,
+    ] = "chip",
     threshold: Annotated[
         float, typer.Option(help="Probability above which a pixel is the object.")
     ] = 0.5,  # noqa: E501
@@ -185,14 +168,21 @@ def segment(
         typer.Option(help="Accept a scene without CRS; outputs are in pixel coordinates."),
     ] = False,
     overwrite: Overwrite = False,
+    manifest: Annotated[
+        bool,
+        typer.Option(
+            help="Write OUTPUT.manifest.json beside the first output: model, options, "
+            "timings, counts."
+        ),
+    ] = True,
     as_json: JsonOutput = False,
 ) -> None:
     from fiacli.app.api import load_model
-    from fiacli.app.pipeline import clean_expressions, plan_outputs
+    from fiacli.app.segment_options import SegmentOptions, preflight
     from fiacli.core.console import console, print_json
     from fiacli.core.errors import UsageError
-    from fiacli.geo.raster import open_scene, parse_bands
 
+    params = locals()  # the options, by the names of SegmentOptions' fields
     if demo:
         scene, expression = _demo_arguments(scene, expression)
     elif scene is None:
@@ -202,40 +192,11 @@ def segment(
         from fiacli.app.demo import DEMO_EXPRESSION
 
         given = [DEMO_EXPRESSION]
-    texts = clean_expressions(given)
+    options = SegmentOptions.from_mapping(params)
     outputs = list(output or [Path(Path(scene).stem + ".gpkg")])
-    band_list = parse_bands(bands)
-    # refuse bad outputs and scenes before paying for the model
-    plan_outputs(outputs, probabilities=probabilities, overwrite=overwrite, preview=preview)
-    probe = dict(bands=band_list, resolution=resolution, stretch=False,
-                 allow_ungeoreferenced=allow_ungeoreferenced)  # fmt: skip
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        open_scene(scene, **probe).close()
-    segmenter = load_model(model, device=device, precision=precision.value)
-    result = segmenter.segment(
-        scene,
-        texts,
-        outputs,
-        chip=chip,
-        overlap=overlap,
-        blend=blend.value,
-        batch_size=batch_size,
-        bands=band_list,
-        resolution=resolution,
-        scope=scope.value,
-        threshold=threshold,
-        probabilities=probabilities,
-        preview=preview,
-        cog=cog,
-        min_area=min_area,
-        simplify=simplify,
-        open_px=open_px,
-        dst_crs=dst_crs,
-        allow_ungeoreferenced=allow_ungeoreferenced,
-        overwrite=overwrite,
-        show_progress=not as_json,
-    )
+    plan = preflight(scene, given, outputs, options)  # before paying for the model
+    segmenter = load_model(model, device=device, precision=precision)
+    result = segmenter.segment(scene, plan.expressions, outputs, options, show_progress=not as_json)
     if as_json:
         print_json(result.to_dict())
         return

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import contextlib
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, get_args
 
 from fiacli.core.errors import FiacliError
 
 if TYPE_CHECKING:
     import torch
 
-DeviceName = Literal["auto", "cpu", "cuda"]
+DeviceName = Literal["auto", "cpu", "cuda"]  # and cuda:N
+DEVICES: tuple[str, ...] = get_args(DeviceName)
 Precision = Literal["fp32", "bf16", "fp16"]
+PRECISIONS: tuple[str, ...] = get_args(Precision)
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -26,7 +28,7 @@ def resolve_device(name: str = "auto") -> torch.device:
         return torch.device(name)
     if name == "cpu":
         return torch.device("cpu")
-    raise FiacliError(f"unknown device {name!r}; use auto, cpu or cuda")
+    raise FiacliError(f"unknown device {name!r}; use {', '.join(DEVICES)} or cuda:N")
 
 
 def autocast(device: torch.device, precision: str = "fp32") -> contextlib.AbstractContextManager:
@@ -37,7 +39,7 @@ def autocast(device: torch.device, precision: str = "fp32") -> contextlib.Abstra
         return contextlib.nullcontext()
     dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16}
     if precision not in dtypes:
-        raise FiacliError(f"unknown precision {precision!r}; use fp32, bf16 or fp16")
+        raise FiacliError(f"unknown precision {precision!r}; use {', '.join(PRECISIONS)}")
     if device.type == "cpu" and precision == "fp16":
         raise FiacliError("fp16 needs a CUDA device; use bf16 or fp32 on CPU")
     return torch.autocast(device_type=device.type, dtype=dtypes[precision])

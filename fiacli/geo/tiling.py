@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 import numpy as np
 
@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from fiacli.geo.raster import Scene
 
 Blend = Literal["cosine", "crop", "none"]
-BLENDS = ("cosine", "crop", "none")
+BLENDS: tuple[str, ...] = get_args(Blend)
 READ_CHIPS = 16  # chips of a row read in one call (see ChipReader._block)
 
 

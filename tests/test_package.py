@@ -54,3 +54,24 @@ def test_user_error_is_one_line_without_traceback(tmp_path):
     assert out.returncode == 1
     assert "Traceback" not in out.stderr
     assert len(out.stderr.strip().splitlines()) == 1
+
+
+def test_wheel_holds_every_layer_and_the_bundled_assets(tmp_path):
+    """The wheel users get: every subpackage and the demo model and scene (``.ci/run`` also
+    installs it into a fresh venv and runs ``fiacli segment --demo`` outside the checkout)."""
+    import zipfile
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", str(repo), "--no-deps", "--no-build-isolation",
+         "-q", "-w", str(tmp_path)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    (wheel,) = tmp_path.glob("fiacli-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for package in ("core", "text", "geo", "models", "training", "app", "cli"):
+        assert f"fiacli/{package}/__init__.py" in names, package
+    for asset in ("fianet-tiny-demo.safetensors", "demo_scene.tif", "demo_scene.json"):
+        assert f"fiacli/assets/{asset}" in names, asset
+    assert not any(n.startswith(("models/", "training/", "tests/")) for n in names)

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 
 from fiacli.core.errors import UsageError
-from fiacli.core.io import check_output_path
+from fiacli.core.io import check_output_path, refuse_overwriting_inputs
 from fiacli.geo.preview import check_preview_path
 from fiacli.geo.raster import open_scene, parse_bands
 from fiacli.geo.tiling import BLENDS, Blend
@@ -145,6 +145,10 @@ class Outputs:
     manifest: Path | None
     preview: Path | None = None
 
+    def every(self) -> list[Path]:
+        """Every file the run writes, the manifest included."""
+        return [*self.finals(), *([self.manifest] if self.manifest else [])]
+
     def finals(self) -> list[Path]:
         """Every output file except the manifest (written last, from the others' results)."""
         kept = (self.mask, self.probabilities, *self.vectors, self.preview)
@@ -223,11 +227,17 @@ def preflight(
     expressions: str | Sequence[str],
     output: PathLike | Sequence[PathLike],
     options: SegmentOptions,
+    *,
+    inputs: Sequence[PathLike | None] = (),
 ) -> Plan:
-    """Every check of a run that needs no model: options, expressions, outputs, the scene."""
+    """Every check of a run that needs no model: options, expressions, outputs, the scene.
+
+    No output may be one of the inputs, -f or not: the scene and every file GDAL reads with it
+    (a VRT's sources, .ovr, .aux.xml), and ``inputs`` (the model, an expressions file)."""
     options.check()
     texts = clean_expressions(expressions)
     outputs = plan_outputs(output, options)
+    refuse_overwriting_inputs(outputs.every(), [scene, *inputs])
     with warnings.catch_warnings():  # the run itself shows the scene's warnings once
         warnings.simplefilter("ignore")
         probe = open_scene(
@@ -235,6 +245,7 @@ def preflight(
             allow_ungeoreferenced=options.allow_ungeoreferenced,
         )  # fmt: skip
     with probe:
+        refuse_overwriting_inputs(outputs.every(), probe.src.files)
         if probe.crs is None and (options.min_area > 0 or options.dst_crs is not None):
             raise UsageError("--min-area and --dst-crs need a georeferenced scene")
     return Plan(texts, outputs)

@@ -3,7 +3,9 @@
 Each command lives in ``fiacli/cli/<name>.py`` as a module-level function that only parses
 options, calls a function importable from Python, and prints the result; this module attaches
 them. Errors a user can cause (:class:`FiacliError`) become one red line on stderr and exit
-code 1; usage errors exit 2; Ctrl-C exits 130.
+code 1; usage errors exit 2; Ctrl-C exits 130, SIGTERM 143 and SIGHUP 129 after the same cleanup;
+an unexpected exception is one line asking for a bug report (``fiacli --debug …`` shows its
+traceback). See :mod:`fiacli.cli.common`.
 """
 
 from __future__ import annotations
@@ -38,6 +40,13 @@ def _root(
         bool,
         typer.Option(
             "--version", callback=_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+    debug: Annotated[
+        bool,
+        typer.Option(
+            "--debug",
+            help="Show the traceback of an unexpected error (and GDAL's own messages).",
         ),
     ] = False,
 ) -> None:

@@ -194,7 +194,11 @@ def segment(
         given = [DEMO_EXPRESSION]
     options = SegmentOptions.from_mapping(params)
     outputs = list(output or [Path(Path(scene).stem + ".gpkg")])
-    plan = preflight(scene, given, outputs, options)  # before paying for the model
+    from fiacli.app.named_models import resolve_model
+
+    model_file = resolve_model(model).path  # an unknown name fails here, before any work
+    # before paying for the model; no output may replace an input
+    plan = preflight(scene, given, outputs, options, inputs=[model_file, expressions_file])
     segmenter = load_model(model, device=device, precision=precision)
     result = segmenter.segment(scene, plan.expressions, outputs, options, show_progress=not as_json)
     if as_json:

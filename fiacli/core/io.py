@@ -1,6 +1,8 @@
 """Safe output files: write under a temporary name, rename when complete.
 
-A crash, Ctrl-C or full disk never leaves a half-written file under the name the user asked for.
+A crash, Ctrl-C, SIGTERM or full disk never leaves a half-written file under the name the user
+asked for, nor a temporary file beside it; an output never replaces one of the command's inputs,
+not even with -f (:func:`refuse_overwriting_inputs`).
 """
 
 from __future__ import annotations
@@ -9,33 +11,148 @@ import contextlib
 import errno
 import os
 import shutil
-from collections.abc import Iterator
+import tempfile
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from fiacli.core.errors import FiacliError
+from fiacli.core.errors import FiacliError, UsageError
+from fiacli.core.signals import deferred_signals
 
-# formats whose dataset is several files sharing a stem
+# formats whose dataset is several files sharing a stem: the main file owns them all (they are
+# checked, replaced and removed together)
 SIDECAR_SUFFIXES = {".shp": (".shx", ".dbf", ".prj", ".cpg", ".qix", ".sbn", ".sbx")}
+# what "the disk is full" looks like from the libraries fiacli writes with: errno, or the text of
+# torch's, safetensors' (Rust), GDAL's and SQLite's messages (RLIMIT_FSIZE's EFBIG counts too)
+DISK_FULL_ERRNOS = frozenset(
+    e for e in (errno.ENOSPC, errno.EFBIG, getattr(errno, "EDQUOT", None)) if e is not None
+)
+DISK_FULL_TEXT = (
+    "no space left",
+    "disk is full",
+    "file too large",
+    "disk quota",
+    "storagefull",
+    "filetoolarge",
+    "os error 28",
+    "os error 27",
+    "file write failed",  # torch's PytorchStreamWriter
+)
+
+PathLike = str | os.PathLike[str]
+
+
+def family(path: str | os.PathLike[str]) -> list[Path]:
+    """The file and the sidecar files that belong with it (e.g. a shapefile's .dbf).
+
+    Sidecars follow the case of the main file's extension (``A.SHP`` owns ``A.DBF``)."""
+    path = Path(path)
+    suffixes = SIDECAR_SUFFIXES.get(path.suffix.lower(), ())
+    upper = path.suffix.isupper()
+    return [path] + [path.with_suffix(s.upper() if upper else s) for s in suffixes]
+
+
+_family = family  # the name used before it was public
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """Whether ``exc`` (or an exception it was raised from) says the disk or a quota is full."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.errno in DISK_FULL_ERRNOS:
+            return True
+        text = str(current).lower()
+        if any(t in text for t in DISK_FULL_TEXT):
+            return True
+        current = current.__cause__ or current.__context__
+    return False
+
+
+def _probe_writable(folder: Path) -> bool:
+    """Whether a file can really be created in ``folder`` (root passes os.access everywhere, and
+    /proc or a read-only mount answer only to a real attempt). Leaves nothing behind."""
+    try:
+        fd, name = tempfile.mkstemp(prefix=".fiacli-probe-", dir=folder)
+    except OSError:
+        return False
+    os.close(fd)
+    with contextlib.suppress(OSError):
+        os.unlink(name)
+    return True
 
 
 def check_output_path(path: str | os.PathLike[str], *, overwrite: bool) -> Path:
-    """Refuse early (before any work) when ``path`` cannot or must not be written."""
+    """Refuse early (before any work) when ``path`` cannot or must not be written.
+
+    A multi-file format counts as existing when any of its files exists (``-o k.shp`` with a
+    ``k.dbf`` already there needs -f, which then replaces all of them)."""
     final = Path(path)
     parent = final.parent if str(final.parent) else Path(".")
     if not parent.is_dir():
         raise FiacliError(f"output folder does not exist: {parent}")
-    if not os.access(parent, os.W_OK):
+    if not os.access(parent, os.W_OK) or not _probe_writable(parent):
         raise FiacliError(f"output folder is not writable: {parent}")
-    if final.exists() and not overwrite:
-        raise FiacliError(f"{final} already exists; pass -f/--overwrite to replace it")
     if final.is_dir():
         raise FiacliError(f"{final} is a directory")
+    if not overwrite:
+        for member in family(final):
+            if member.exists() or member.is_symlink():
+                owner = "" if member == final else f" (it belongs with {final.name})"
+                raise FiacliError(
+                    f"{member} already exists{owner}; pass -f/--overwrite to replace it"
+                )
     return final
 
 
-def _family(path: Path) -> list[Path]:
-    """The file and the sidecar files that belong with it (e.g. a shapefile's .dbf)."""
-    return [path] + [path.with_suffix(s) for s in SIDECAR_SUFFIXES.get(path.suffix.lower(), ())]
+def _identity(path: Path) -> tuple[Path, tuple[int, int] | None]:
+    """The resolved path, and (st_dev, st_ino) when the file exists (hard links share these)."""
+    resolved = path.expanduser().resolve()
+    try:
+        st = os.stat(path.expanduser())
+    except (OSError, ValueError):
+        return resolved, None
+    return resolved, (st.st_dev, st.st_ino)
+
+
+def refuse_overwriting_inputs(
+    outputs: Iterable[PathLike | None], inputs: Iterable[PathLike | None]
+) -> None:
+    """Refuse (a usage error, exit code 2) any output that is one of the inputs, -f or not.
+
+    Two paths are the same file when they resolve to the same path (``./``, ``..``, symlinks)
+    or share device and inode (hard links); a multi-file format is compared with all its
+    sidecars, so ``-o scene.shp`` cannot replace an input ``scene.dbf``. ``None`` entries and
+    inputs that are URLs or GDAL virtual paths are ignored."""
+    seen: dict[Path, tuple[Path, tuple[int, int] | None]] = {}
+    ids: dict[tuple[int, int], Path] = {}
+    for item in inputs:
+        if item is None or _is_virtual(item):
+            continue
+        for member in family(Path(item)):
+            resolved, inode = _identity(member)
+            seen[resolved] = (Path(item), inode)
+            if inode is not None:
+                ids[inode] = Path(item)
+    for out in outputs:
+        if out is None:
+            continue
+        for member in family(Path(out)):
+            resolved, inode = _identity(member)
+            source = seen.get(resolved, (None, None))[0]
+            if source is None and inode is not None:
+                source = ids.get(inode)
+            if source is not None:
+                what = "" if member == Path(out) else f" (whose {member.suffix} file is {member})"
+                raise UsageError(
+                    f"the output {out}{what} is the input {source}; write to another path "
+                    "(-f never replaces an input)"
+                )
+
+
+def _is_virtual(path: PathLike) -> bool:
+    text = os.fspath(path)
+    return text.startswith("/vsi") or "://" in text
 
 
 def _default_mode() -> int:
@@ -53,35 +170,42 @@ def _remove(path: Path) -> None:
             path.unlink()
 
 
+def temporary_name(final: Path) -> Path:
+    """The hidden name beside ``final`` that :func:`atomic_output` writes to."""
+    return final.with_name(f".{final.stem}.tmp-{os.getpid()}{final.suffix}")
+
+
 @contextlib.contextmanager
 def atomic_output(path: str | os.PathLike[str], *, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it to ``path`` only if the block succeeds.
 
     The temporary name keeps the extension, so format drivers chosen by extension still work.
-    On any exception (KeyboardInterrupt included) the temporary file(s) are removed and the
-    previous file at ``path``, if any, is left untouched.
+    On any exception (KeyboardInterrupt and SIGTERM included) the temporary file(s) are removed
+    and the previous file at ``path``, if any, is left untouched; a full disk becomes one
+    :class:`FiacliError`. Signals wait while the files are renamed into place.
     """
     final = check_output_path(path, overwrite=overwrite)
-    tmp = final.with_name(f".{final.stem}.tmp-{os.getpid()}{final.suffix}")
-    for p in _family(tmp):
+    tmp = temporary_name(final)
+    for p in family(tmp):
         _remove(p)
     try:
         yield tmp
         mode = _default_mode()
-        for src, dst in zip(_family(tmp), _family(final), strict=True):
-            if src.exists():
-                if src.is_file():
-                    os.chmod(src, mode)
-                os.replace(src, dst)
-            elif dst.exists() and dst != final:
-                _remove(dst)  # a stale sidecar of the file we replaced
-    except OSError as exc:
-        for p in _family(tmp):
+        with deferred_signals():
+            for src, dst in zip(family(tmp), family(final), strict=True):
+                if src.exists():
+                    if src.is_file():
+                        os.chmod(src, mode)
+                    os.replace(src, dst)
+                elif dst.exists() and dst != final:
+                    _remove(dst)  # a stale sidecar of the file we replaced
+    except Exception as exc:
+        for p in family(tmp):
             _remove(p)
-        if exc.errno == errno.ENOSPC:
+        if is_disk_full(exc) and not isinstance(exc, FiacliError):
             raise FiacliError(f"disk full while writing {final}; nothing was written") from exc
         raise
     except BaseException:
-        for p in _family(tmp):
+        for p in family(tmp):
             _remove(p)
         raise

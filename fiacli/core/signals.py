@@ -1,0 +1,127 @@
+"""The signals a scheduler or a terminal sends, handled like Ctrl-C.
+
+``timeout``, ``docker stop``, SLURM preemption and systemd send SIGTERM; a closed terminal sends
+SIGHUP. By default either kills Python on the spot: no ``finally`` runs, so temporary files stay
+and a training run loses everything since its last checkpoint. :func:`signals_as_interrupts`
+(installed by the command line) turns them into :class:`Interrupted`, a :class:`KeyboardInterrupt`,
+raised in the main thread, so every cleanup path written for Ctrl-C runs for them too; the
+command then exits with 128 + the signal number (143 for SIGTERM, 129 for SIGHUP, 130 for Ctrl-C).
+
+:func:`deferred_signals` holds all three while a few renames must happen together.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+from collections.abc import Iterator
+from types import FrameType
+from typing import Any
+
+TERMINATING = tuple(
+    s for s in (getattr(signal, "SIGTERM", None), getattr(signal, "SIGHUP", None)) if s is not None
+)
+DEFERRED = (signal.SIGINT, *TERMINATING)
+
+
+class Interrupted(KeyboardInterrupt):
+    """A terminating signal (SIGTERM, SIGHUP) received by a fiacli command."""
+
+    def __init__(self, signum: int) -> None:
+        self.signum = int(signum)
+        super().__init__(signal_name(self.signum))
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
+
+
+def signal_name(signum: int) -> str:
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
+
+
+def interrupt_exit_code(exc: BaseException) -> int:
+    """128 + the signal number: 130 for Ctrl-C, 143 for SIGTERM, 129 for SIGHUP."""
+    return getattr(exc, "exit_code", 128 + int(signal.SIGINT))
+
+
+def interrupt_note(exc: BaseException) -> str | None:
+    """What the interrupted code did about it (e.g. "saved a resumable checkpoint ...")."""
+    return getattr(exc, "fiacli_note", None)
+
+
+def set_interrupt_note(exc: BaseException, note: str) -> None:
+    exc.fiacli_note = note  # type: ignore[attr-defined]
+
+
+def _main_thread() -> bool:
+    return threading.current_thread() is threading.main_thread()
+
+
+@contextlib.contextmanager
+def signals_as_interrupts() -> Iterator[None]:
+    """While inside, SIGTERM and SIGHUP raise :class:`Interrupted` in the main thread.
+
+    A signal that is ignored (``nohup`` ignores SIGHUP) stays ignored. After the first signal,
+    further SIGTERM/SIGHUP are ignored, so a scheduler's repeated signal does not interrupt the
+    cleanup it started (SIGKILL still ends everything; a second Ctrl-C still raises).
+    Outside the main thread this does nothing.
+    """
+    if not _main_thread():
+        yield
+        return
+    fired = False
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        nonlocal fired
+        if fired:
+            return
+        fired = True
+        raise Interrupted(signum)
+
+    previous: dict[int, Any] = {}
+    for sig in TERMINATING:
+        current = signal.getsignal(sig)
+        if current == signal.SIG_IGN:
+            continue
+        previous[sig] = current
+        signal.signal(sig, handler)
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old if old is not None else signal.SIG_DFL)
+
+
+@contextlib.contextmanager
+def deferred_signals() -> Iterator[None]:
+    """Hold SIGINT, SIGTERM and SIGHUP until the block is done, then deliver the first one.
+
+    For steps that must not be cut in half (renaming a checkpoint's two files, the commit of an
+    optimiser step). Outside the main thread this does nothing."""
+    if not _main_thread():
+        yield
+        return
+    pending: list[int] = []
+
+    def hold(signum: int, frame: FrameType | None) -> None:
+        pending.append(signum)
+
+    previous: dict[int, Any] = {}
+    for sig in DEFERRED:
+        current = signal.getsignal(sig)
+        if current == signal.SIG_IGN or current is None:
+            continue
+        previous[sig] = current
+        signal.signal(sig, hold)
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+        if pending:
+            signal.raise_signal(pending[0])  # the restored handler acts on it now

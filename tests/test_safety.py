@@ -1,0 +1,224 @@
+"""Unit tests of the fault handling pieces: inputs never overwritten, sidecars, signals, the
+one-line error group. The end-to-end matrix over every command is tests/test_faults.py."""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+
+import pytest
+
+from fiacli.core.errors import FiacliError, UsageError
+from fiacli.core.io import (
+    atomic_output,
+    check_output_path,
+    family,
+    is_disk_full,
+    refuse_overwriting_inputs,
+)
+from fiacli.core.signals import Interrupted, deferred_signals, signals_as_interrupts
+
+# ------------------------------------------------------------------ outputs never replace inputs
+
+
+@pytest.fixture
+def scene(tmp_path):
+    path = tmp_path / "s.tif"
+    path.write_bytes(b"scene")
+    return path
+
+
+@pytest.mark.parametrize(
+    "make_output",
+    [
+        lambda s: s,  # the same path
+        lambda s: s.parent / "." / s.name,  # through ./
+        lambda s: s.parent / "sub" / ".." / s.name,  # through ..
+        lambda s: _link(s, s.parent / "link.tif", hard=False),  # a symlink to it
+        lambda s: _link(s, s.parent / "hard.tif", hard=True),  # a hard link (same inode)
+    ],
+    ids=["same", "dot", "dotdot", "symlink", "hardlink"],
+)
+def test_an_output_that_is_an_input_is_refused(scene, make_output):
+    (scene.parent / "sub").mkdir()
+    out = make_output(scene)
+    with pytest.raises(UsageError, match="is the input"):
+        refuse_overwriting_inputs([out], [scene])
+
+
+def _link(target, link, *, hard):
+    if hard:
+        os.link(target, link)
+    else:
+        link.symlink_to(target)
+    return link
+
+
+def test_a_shapefile_output_is_compared_with_its_sidecars(tmp_path):
+    dbf = tmp_path / "k.dbf"
+    dbf.write_bytes(b"table")
+    with pytest.raises(UsageError, match=r"k\.shp .*\.dbf file"):
+        refuse_overwriting_inputs([tmp_path / "k.shp"], [dbf])
+    refuse_overwriting_inputs([tmp_path / "other.shp"], [dbf])  # other stems are fine
+
+
+def test_distinct_files_and_missing_inputs_pass(tmp_path, scene):
+    refuse_overwriting_inputs([tmp_path / "out.tif", None], [scene, None, "/vsicurl/x.tif"])
+    refuse_overwriting_inputs([tmp_path / "out.tif"], [tmp_path / "absent.tif"])
+
+
+def test_upper_case_shapefile_owns_upper_case_sidecars(tmp_path):
+    assert tmp_path / "A.DBF" in family(tmp_path / "A.SHP")
+    assert tmp_path / "a.dbf" in family(tmp_path / "a.shp")
+
+
+# ------------------------------------------------------------------ sidecars
+
+
+def test_an_existing_sidecar_counts_as_an_existing_output(tmp_path):
+    (tmp_path / "k.dbf").write_bytes(b"old table")
+    with pytest.raises(FiacliError, match=r"k\.dbf already exists \(it belongs with k\.shp\)"):
+        check_output_path(tmp_path / "k.shp", overwrite=False)
+    check_output_path(tmp_path / "k.shp", overwrite=True)
+
+
+def test_overwriting_a_shapefile_replaces_all_its_files(tmp_path):
+    for ext in (".shp", ".shx", ".dbf", ".qix"):
+        (tmp_path / f"k{ext}").write_text("old")
+    with atomic_output(tmp_path / "k.shp", overwrite=True) as tmp:
+        for ext in (".shp", ".shx", ".dbf"):
+            tmp.with_suffix(ext).write_text("new")
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == ["k.dbf", "k.shp", "k.shx"]  # the stale index went with the old file
+    assert all(p.read_text() == "new" for p in tmp_path.iterdir())
+
+
+# ------------------------------------------------------------------ disk full
+
+
+@pytest.mark.parametrize(
+    "exc",
+    [
+        OSError(errno.ENOSPC, "No space left on device"),
+        OSError(errno.EFBIG, "File too large"),
+        RuntimeError("PytorchStreamWriter failed writing file data/0: file write failed"),
+        Exception("Error while serializing: I/O error: File too large (os error 27)"),
+        RuntimeError("failed to execute insert : database or disk is full"),
+    ],
+)
+def test_disk_full_is_recognised_whatever_the_library(exc):
+    assert is_disk_full(exc)
+
+
+def test_disk_full_is_recognised_through_the_cause():
+    try:
+        try:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        except OSError as inner:
+            raise RuntimeError("Write failed. See previous exception for details.") from inner
+    except RuntimeError as outer:
+        assert is_disk_full(outer)
+    assert not is_disk_full(RuntimeError("some other failure"))
+
+
+def test_atomic_output_turns_any_library_s_disk_full_into_one_error(tmp_path):
+    full = RuntimeError("Error while serializing: I/O error: No space left on device")
+    with pytest.raises(FiacliError, match="disk full"), atomic_output(tmp_path / "m.st") as tmp:
+        tmp.write_bytes(b"half")
+        raise full
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_check_output_path_tries_a_real_file(tmp_path, monkeypatch):
+    import fiacli.core.io as io_mod
+
+    monkeypatch.setattr(io_mod.tempfile, "mkstemp", _raise(PermissionError(13, "denied")))
+    with pytest.raises(FiacliError, match="not writable"):
+        check_output_path(tmp_path / "x.tif", overwrite=False)
+    assert list(tmp_path.iterdir()) == []
+
+
+def _raise(exc):
+    def fail(*args, **kwargs):
+        raise exc
+
+    return fail
+
+
+# ------------------------------------------------------------------ signals
+
+
+def test_sigterm_and_sighup_raise_interrupted_with_their_exit_codes():
+    for sig, code in ((signal.SIGTERM, 143), (signal.SIGHUP, 129)):
+        with pytest.raises(Interrupted) as info, signals_as_interrupts():
+            signal.raise_signal(sig)
+        assert info.value.exit_code == code
+        assert isinstance(info.value, KeyboardInterrupt)  # every Ctrl-C cleanup path runs
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # restored
+
+
+def test_a_second_sigterm_does_not_interrupt_the_cleanup():
+    cleaned = []
+    with pytest.raises(Interrupted), signals_as_interrupts():
+        try:
+            signal.raise_signal(signal.SIGTERM)
+        finally:
+            signal.raise_signal(signal.SIGTERM)  # ignored
+            cleaned.append(True)
+    assert cleaned == [True]
+
+
+def test_an_ignored_sighup_stays_ignored():
+    old = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        with signals_as_interrupts():
+            signal.raise_signal(signal.SIGHUP)  # nohup: nothing happens
+    finally:
+        signal.signal(signal.SIGHUP, old)
+
+
+def test_deferred_signals_arrive_after_the_block():
+    done = []
+    with pytest.raises(Interrupted), signals_as_interrupts(), deferred_signals():
+        signal.raise_signal(signal.SIGTERM)
+        done.append("renamed both")
+    assert done == ["renamed both"]
+
+
+# ------------------------------------------------------------------ one line per error
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["segment", "s.tif", "x", "--scope", "nowhere"], "--scope"),
+        (["segment", "s.tif", "x", "--resolution", "abc"], "--resolution"),
+        (["parse", "--token-length", "2", "hi"], "--token-length"),
+        (["segment", "s.tif", "x", "--no-such-option"], "--no-such-option"),
+        (["no-such-command"], "no-such-command"),
+        (["models", "add"], "name"),
+    ],
+)
+def test_usage_errors_are_one_line_with_exit_code_2(run_cli, args, needle):
+    result = run_cli(*args)
+    assert result.exit_code == 2
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], lines
+
+
+def test_an_unexpected_exception_asks_for_a_bug_report(run_cli, monkeypatch):
+    import fiacli.text.parsing as parsing
+
+    def boom(*args, **kwargs):
+        raise ZeroDivisionError("division by zero")
+
+    monkeypatch.setattr(parsing, "parse", boom)
+    result = run_cli("parse", "the ship")
+    assert result.exit_code == 1
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("error: unexpected ZeroDivisionError in fiacli parse")
+    assert "--debug" in lines[0] and "Traceback" not in result.stderr
+    with pytest.raises(ZeroDivisionError):  # --debug: the real exception, its traceback
+        run_cli("--debug", "parse", "the ship")

@@ -13,10 +13,10 @@ import torch
 from conftest import shared_path
 from safetensors.torch import load_file, save_file
 
+from fiacli.core.datasets import DATASETS
 from fiacli.core.errors import FiacliError
 from fiacli.models import count_parameters, load_checkpoint
 from fiacli.models.convert import ReleasedCheckpoint, build_from_released, read_released
-from fiacli.text.parsing import VOCABULARIES
 
 
 def _fixture(name: str) -> Path:
@@ -177,7 +177,7 @@ def test_full_size_checkpoints_convert_from_key_lists(num_tmem: int, dataset: st
     assert (cfg.num_tmem, cfg.decoder_width, cfg.text_dim) == (num_tmem, 512, 768)
     assert cfg.text_encoder == "bert-base-uncased"
     assert cfg.text_config["num_attention_heads"] == 12
-    assert meta["parse"]["classes"] == list(VOCABULARIES[dataset])
+    assert meta["parse"]["classes"] == list(DATASETS[dataset].classes)
     assert any("assumed " + dataset in n for n in notes)  # no args: guessed from num_tmem, said
     assert count_parameters(model) == {1: 251_918_706, 3: 256_168_626}[num_tmem]
 

@@ -20,11 +20,11 @@ from fake_datasets import (
 from PIL import Image
 from torch.utils.data import DataLoader
 
+from fiacli.core.datasets import DATASETS
 from fiacli.core.errors import FiacliError
 from fiacli.core.safe_pickle import UnsafePickleError
 from fiacli.training import rle
 from fiacli.training.datasets import (
-    PUBLISHED_COUNTS,
     RRSISD,
     DataFileError,
     DatasetNotFoundError,
@@ -251,9 +251,11 @@ def test_load_expressions_reads_no_image(tmp_path):
 
 
 def test_published_counts():
-    assert PUBLISHED_COUNTS["rrsisd"] == {"train": 12_181, "val": 1_740, "test": 3_481}
-    assert sum(PUBLISHED_COUNTS["rrsisd"].values()) == 17_402
-    assert sum(PUBLISHED_COUNTS["refsegrs"].values()) == 4_420
+    counts = {name: facts.published_counts for name, facts in DATASETS.items()}
+    assert counts["rrsisd"] == {"train": 12_181, "val": 1_740, "test": 3_481}
+    assert sum(counts["rrsisd"].values()) == 17_402
+    assert sum(counts["refsegrs"].values()) == 4_420
+    assert not counts["synth"]
 
 
 # --------------------------------------------------------------------------- COCO RLE

@@ -12,10 +12,9 @@ import json
 
 import pytest
 
+from fiacli.core.datasets import DATASETS
 from fiacli.core.errors import FiacliError, UsageError
 from fiacli.text.parsing import (
-    TOKEN_LENGTHS,
-    VOCABULARIES,
     ParsedExpression,
     ParseSettings,
     load_parse_cache,
@@ -46,14 +45,13 @@ def p(text: str, settings: ParseSettings) -> ParsedExpression:
 # ---------------------------------------------------------------- vocabularies and settings
 
 
-def test_vocabularies_and_budgets_are_the_released_ones():
-    assert len(VOCABULARIES["refsegrs"]) == 14 and len(VOCABULARIES["rrsisd"]) == 20
-    assert {"road marking", "low vegetation", "impervious surface"} <= set(VOCABULARIES["refsegrs"])
-    assert {"expressway toll station", "ground track field", "harbor"} <= set(
-        VOCABULARIES["rrsisd"]
-    )
-    assert TOKEN_LENGTHS == {"refsegrs": 20, "rrsisd": 22}
-    assert ParseSettings.for_dataset("RRSIS-D").token_length == 22
+def test_settings_per_dataset_come_from_the_table():
+    # the table's values are checked against the reference text in test_core_datasets.py
+    for name, facts in DATASETS.items():
+        settings = ParseSettings.for_dataset(name)
+        assert (settings.classes, settings.token_length) == (facts.classes, facts.token_length)
+    assert ParseSettings.for_dataset("RRSIS-D") == ParseSettings.for_dataset("rrsisd")
+    assert ParseSettings.for_dataset("synth").classes == DATASETS["rrsisd"].classes
     assert ParseSettings.for_dataset("refsegrs", token_length=30).token_length == 30
 
 
@@ -68,9 +66,9 @@ def test_settings_round_trip_as_plain_dict():
 
 
 def test_settings_refuse_bad_values():
-    with pytest.raises(UsageError, match="refsegrs, rrsisd"):
+    with pytest.raises(UsageError, match="rrsisd, refsegrs, synth"):
         ParseSettings.for_dataset("refcoco")
-    with pytest.raises(UsageError, match="released, fiacli"):
+    with pytest.raises(UsageError, match="fiacli, released"):
         ParseSettings(mode="fancy")
     with pytest.raises(FiacliError, match="non-empty"):
         ParseSettings(classes=())

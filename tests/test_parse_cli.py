@@ -7,6 +7,7 @@ import json
 import nltk
 import pytest
 
+from fiacli.core.datasets import DATASET_NAMES
 from fiacli.text.tagger import reset_tagger_cache
 
 
@@ -166,7 +167,8 @@ def unboxed(stderr: str) -> str:
 def test_unknown_dataset_lists_choices(run_cli):
     result = run_cli("parse", "the ship", "--dataset", "refcoco")
     assert result.exit_code == 2
-    assert "'refcoco' is not one of 'refsegrs', 'rrsisd'" in unboxed(result.stderr)
+    choices = ", ".join(repr(name) for name in DATASET_NAMES)
+    assert f"'refcoco' is not one of {choices}" in unboxed(result.stderr)
 
 
 @pytest.mark.parametrize("text", ["", "   "])

@@ -8,9 +8,10 @@ import pickle
 import numpy as np
 import pytest
 
+from fiacli.core.datasets import DATASETS
 from fiacli.core.errors import FiacliError
 from fiacli.training import synth
-from fiacli.training.datasets import RRSISD, RRSISD_CLASSES, open_dataset
+from fiacli.training.datasets import RRSISD, open_dataset
 from fiacli.training.synth import (
     GRID_PHRASES,
     SYNTH_CLASSES,
@@ -18,6 +19,8 @@ from fiacli.training.synth import (
     draw_scene,
     generate_synth,
 )
+
+RRSISD_CLASSES = DATASETS["rrsisd"].classes  # synthetic category ids are RRSIS-D's
 
 PHRASE_CELL = {p: cell for cell, p in GRID_PHRASES.items()}
 

@@ -25,7 +25,6 @@ from fiacli.training.distributed import DistInfo, barrier
 # Text features of a frozen encoder are kept in memory up to this size; beyond, they are computed
 # per batch (RRSIS-D with bert-base would need ~2.4 GB).
 MAX_TEXT_CACHE_BYTES = 1 << 30
-_DATASET_FOR_PARSING = {"synth": "rrsisd"}
 
 
 class WithText(Dataset):
@@ -130,7 +129,7 @@ def parse_settings_for(config: Any, tokenizer: str) -> Any:
     from fiacli.text.parsing import ParseSettings
 
     return ParseSettings.for_dataset(
-        _DATASET_FOR_PARSING.get(config.dataset, config.dataset),
+        config.dataset,
         mode=config.parse_mode,
         token_length=config.token_length,
         tokenizer=tokenizer,

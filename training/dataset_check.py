@@ -21,18 +21,17 @@ from typing import Any
 
 import numpy as np
 
+from fiacli.core.datasets import DATASET_CHOICES, DATASETS
 from fiacli.core.errors import FiacliError
 from fiacli.core.safe_pickle import UnsafePickleError
 from fiacli.training.datasets import (
-    DATASET_NAMES,
-    PUBLISHED_COUNTS,
     RRSISD_IMAGES,
     RRSISD_INSTANCES,
     RRSISD_REFS,
     SPLITS,
     DatasetNotFoundError,
     RefRecord,
-    detect_layout,
+    dataset_layout,
     is_archive,
     parse_refs,
     read_instances,
@@ -90,8 +89,10 @@ class DatasetChecker:
         deep: bool = True,
         archives: bool = True,
     ):
-        if dataset not in DATASET_NAMES:
-            raise FiacliError(f"unknown dataset {dataset!r}; use one of {', '.join(DATASET_NAMES)}")
+        if dataset not in DATASET_CHOICES:
+            raise FiacliError(
+                f"unknown dataset {dataset!r}; use one of {', '.join(DATASET_CHOICES)}"
+            )
         self.dataset = dataset
         self.root = Path(root)
         self.deep = deep
@@ -121,11 +122,7 @@ class DatasetChecker:
             self._add(ERROR, "layout", self.root, f"data root {what}{hint}")
             return
         try:
-            self.layout = (
-                detect_layout(self.root)
-                if self.dataset == "auto"
-                else ("refsegrs" if self.dataset == "refsegrs" else "rrsisd")
-            )
+            self.layout = dataset_layout(self.dataset, self.root)
         except DatasetNotFoundError as exc:
             self._add(ERROR, "layout", self.root, str(exc))
             return
@@ -218,10 +215,11 @@ class DatasetChecker:
                 self._add(ERROR, "empty-split", path.name, f"split {split!r} has no samples")
 
     def _check_counts(self) -> None:
-        published = PUBLISHED_COUNTS.get(self.dataset)
-        if published is None:
+        facts = DATASETS.get(self.dataset)  # type: ignore[call-overload]
+        published = facts.published_counts if facts is not None else {}
+        if not published:
             have = ", ".join(f"{s} {n:,}" for s, n in self.counts.items()) or "none"
-            ref = PUBLISHED_COUNTS["refsegrs" if self.layout == "refsegrs" else "rrsisd"]
+            ref = DATASETS[self.layout].published_counts  # type: ignore[index]
             pub = ", ".join(f"{s} {n:,}" for s, n in ref.items())
             label = "synthetic" if self.dataset == "synth" else "custom"
             self._add(WARNING, "split-count", "splits",

@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from fiacli.core.datasets import DATASET_CHOICES, DATASETS
 from fiacli.core.errors import FiacliError
 from fiacli.core.safe_pickle import safe_load
 from fiacli.training.readers import DataFileError, read_mask, read_rgb
@@ -39,26 +40,6 @@ Sample = dict[str, Any]
 Transform = Callable[[Sample], Sample]
 
 SPLITS = ("train", "val", "test")
-DATASET_NAMES = ("rrsisd", "refsegrs", "synth", "auto")
-
-# Ground-object vocabularies of the released parser (§3); RRSIS-D ids 0–19 follow this order.
-RRSISD_CLASSES = (
-    "airplane", "airport", "golf field", "expressway service area", "baseball field", "stadium",
-    "ground track field", "storage tank", "basketball court", "chimney", "tennis court",
-    "overpass", "train station", "ship", "expressway toll station", "dam", "harbor", "bridge",
-    "vehicle", "windmill",
-)  # fmt: skip
-REFSEGRS_CLASSES = (
-    "road", "vehicle", "car", "van", "building", "truck", "trailer", "bus", "road marking",
-    "bikeway", "sidewalk", "tree", "low vegetation", "impervious surface",
-)  # fmt: skip
-
-# Published split sizes (refs): RRSIS-D from §5, RefSegRS from the FIANet paper (§4.1).
-PUBLISHED_COUNTS: dict[str, dict[str, int]] = {
-    "rrsisd": {"train": 12_181, "val": 1_740, "test": 3_481},
-    "refsegrs": {"train": 2_172, "val": 431, "test": 1_817},
-}
-
 RRSISD_REFS = Path("rrsisd", "refs(unc).p")
 RRSISD_INSTANCES = Path("rrsisd", "instances.json")
 RRSISD_IMAGES = Path("images", "rrsisd", "JPEGImages")
@@ -188,7 +169,7 @@ def read_refsegrs_split(root: Path, split: str) -> tuple[list[RefRecord], list[s
             )
             continue
         sid, expression = parts
-        name, cid = _main_category(expression, REFSEGRS_CLASSES)
+        name, cid = _main_category(expression, DATASETS["refsegrs"].classes)
         image = images.get(sid, root / "images" / f"{sid}.tif")
         mask = root / "masks" / f"{sid}{image.suffix}"
         if not mask.exists():
@@ -279,7 +260,8 @@ def rrsisd_records(
     records: list[RefRecord] = []
     for ref in refs:
         cid = int(ref.get("category_id", -1))
-        name = categories.get(cid, RRSISD_CLASSES[cid] if 0 <= cid < len(RRSISD_CLASSES) else "")
+        known = DATASETS["rrsisd"].classes
+        name = categories.get(cid, known[cid] if 0 <= cid < len(known) else "")
         file_name = ref.get("file_name") or f"{ref['image_id']}.jpg"
         for k, sent in enumerate(ref["sentences"]):
             text = sent.get("raw", sent.get("sent"))
@@ -394,7 +376,7 @@ class RRSISD(ReferringDataset):
         coco = read_instances(self.root / RRSISD_INSTANCES)
         self.categories: dict[int, str] = coco["categories"]
         self.class_names = (
-            tuple(self.categories[k] for k in sorted(self.categories)) or RRSISD_CLASSES
+            tuple(self.categories[k] for k in sorted(self.categories)) or DATASETS["rrsisd"].classes
         )
         self.records = rrsisd_records(self.root, split, refs, self.categories)
         needed = {r.mask_source for r in self.records}
@@ -435,7 +417,7 @@ class RefSegRS(ReferringDataset):
     """RefSegRS (4,420 triplets, 512×512, 14 classes); targets may be several regions."""
 
     name = "refsegrs"
-    class_names = REFSEGRS_CLASSES
+    class_names = DATASETS["refsegrs"].classes
 
     def __init__(
         self,
@@ -505,6 +487,11 @@ def _other_layout_hint(root: Path, wanted: str) -> str:
     return ""
 
 
+def dataset_layout(name: str, root: Path) -> str:
+    """The folder layout of dataset ``name`` (the table's), detected at ``root`` for "auto"."""
+    return detect_layout(root) if name == "auto" else DATASETS[name].layout  # type: ignore[index]
+
+
 def open_dataset(
     name: str, root: str | os.PathLike[str], split: str, transform: Transform | None = None
 ) -> ReferringDataset:
@@ -514,15 +501,14 @@ def open_dataset(
     custom folder. A wrong root, a folder in neither layout, an unknown or empty split all raise
     FiacliError naming what was expected.
     """
-    if name not in DATASET_NAMES:
-        raise FiacliError(f"unknown dataset {name!r}; use one of {', '.join(DATASET_NAMES)}")
+    if name not in DATASET_CHOICES:
+        raise FiacliError(f"unknown dataset {name!r}; use one of {', '.join(DATASET_CHOICES)}")
     root = Path(root)
     if not root.is_dir():
         detect_layout(root)  # raises the not-found error with its hints
-    layout = detect_layout(root) if name == "auto" else name
-    if layout == "refsegrs":
-        return RefSegRS(root, split, transform, name="refsegrs" if name != "auto" else "custom")
-    label = {"rrsisd": "rrsisd", "synth": "synth"}.get(name, "custom")
+    label = "custom" if name == "auto" else name
+    if dataset_layout(name, root) == "refsegrs":
+        return RefSegRS(root, split, transform, name=label)
     return RRSISD(root, split, transform, name=label)
 
 
@@ -531,11 +517,10 @@ def load_expressions(dataset: str, root: Path, split: str) -> list[str]:
 
     ``fiacli parse --dataset … --data-root … --split …`` calls this.
     """
-    if dataset not in DATASET_NAMES:
-        raise FiacliError(f"unknown dataset {dataset!r}; use one of {', '.join(DATASET_NAMES)}")
+    if dataset not in DATASET_CHOICES:
+        raise FiacliError(f"unknown dataset {dataset!r}; use one of {', '.join(DATASET_CHOICES)}")
     root = Path(root)
-    layout = detect_layout(root) if dataset == "auto" else dataset
-    if layout == "refsegrs":
+    if dataset_layout(dataset, root) == "refsegrs":
         verify_refsegrs(root)
         if not (root / f"output_phrase_{split}.txt").is_file():
             raise FiacliError(

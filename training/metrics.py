@@ -20,7 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from fiacli.training.datasets import REFSEGRS_CLASSES, categories_in
+from fiacli.core.datasets import REFSEGRS
+from fiacli.training.datasets import categories_in
 
 THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.9)
 
@@ -72,8 +73,8 @@ def metric_groups(dataset: str, category: str, expression: str) -> list[str]:
     RefSegRS: every class name occurring in the sentence (so a sample may count several times,
     or not at all); any other dataset: its category (RRSIS-D's category id, shown by name).
     """
-    if dataset == "refsegrs":
-        return categories_in(expression, REFSEGRS_CLASSES)
+    if dataset == REFSEGRS.name:
+        return categories_in(expression, REFSEGRS.classes)
     return [category] if category else []
 
 

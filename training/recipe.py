@@ -12,13 +12,18 @@ import os
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
-import yaml
-
+from fiacli.core.datasets import DATASET_NAMES, DATASETS, RRSISD, DatasetName
+from fiacli.core.device import Precision
 from fiacli.core.errors import FiacliError, UsageError
+from fiacli.text.parsing import PARSE_MODES, ParseMode
 
-DATASETS = ("rrsisd", "refsegrs", "synth")
+SelectMetric = Literal["miou", "oiou"]
+SELECT_METRICS: tuple[SelectMetric, ...] = get_args(SelectMetric)
+# auto: bf16 on CUDA when supported, else fp16; fp32 on CPU
+TrainPrecision = Literal["auto", Precision]
+TRAIN_PRECISIONS: tuple[TrainPrecision, ...] = get_args(TrainPrecision)
 
 # Values a resumed run may change: they alter how the run executes, not what it computes.
 RUNTIME_KEYS = frozenset(
@@ -37,27 +42,29 @@ RUNTIME_KEYS = frozenset(
 
 @dataclass
 class TrainConfig:
-    """Everything that defines a training run. Defaults are the released RRSIS-D recipe (§4)."""
+    """Everything that defines a training run. Defaults are the released RRSIS-D recipe (§4);
+    :func:`recipe_defaults` has each dataset's (:data:`fiacli.core.datasets.DATASETS`)."""
 
-    dataset: str = "rrsisd"
+    dataset: DatasetName = RRSISD.name
     data_root: str = ""
     output: str = ""
     preset: str = "fianet-swinb"
     # schedule and optimiser (§4): AdamW, poly decay per iteration, weight decay 0.01 in the code
-    epochs: int = 40
-    lr: float = 3e-5
+    epochs: int = RRSISD.recipe["epochs"]
+    lr: float = RRSISD.recipe["lr"]
     weight_decay: float = 0.01
     poly_power: float = 0.9
     batch_size: int = 8
     grad_accum: int = 1
     # data
     image_size: int = 480
-    box_erasing: float = 0.2  # share of training refs with random black boxes (RMSIN, RRSIS-D)
+    # share of training refs with random black boxes (RMSIN, RRSIS-D)
+    box_erasing: float = RRSISD.recipe["box_erasing"]
     train_split: str = "train"
     val_split: str = "val"
     num_workers: int = 2
     # model
-    num_tmem: int = 3
+    num_tmem: int = RRSISD.recipe["num_tmem"]
     drop_path: float = 0.3
     pretrained: bool = True  # ImageNet Swin + pretrained text encoder (fianet-tiny: text only)
     backbone_weights: str | None = None
@@ -65,18 +72,18 @@ class TrainConfig:
     freeze_text_encoder: bool = False
     model: dict[str, Any] = field(default_factory=dict)  # extra create_model overrides
     # text: parse mode fiacli (quirks fixed) for new training; token length per dataset
-    parse_mode: str = "fiacli"
-    token_length: int = 22
+    parse_mode: ParseMode = "fiacli"
+    token_length: int = RRSISD.token_length
     # loss: 0.9 * CE(class weights) + 0.1 * Dice
     ce_weight: float = 0.9
     dice_weight: float = 0.1
     class_weights: list[float] = field(default_factory=lambda: [0.9, 1.1])
     # run control
-    select_metric: str = "miou"  # best checkpoint on val mIoU (see README); or "oiou"
+    select_metric: SelectMetric = "miou"  # best checkpoint on val mIoU (see README); or "oiou"
     seed: int = 0
     deterministic: bool = False
     device: str = "auto"
-    precision: str = "auto"  # auto: bf16 on CUDA when supported, else fp16; fp32 on CPU
+    precision: TrainPrecision = "auto"
     max_steps: int | None = None
     time_budget: float | None = None  # minutes of training before a clean stop
     log_every: int = 10
@@ -84,8 +91,10 @@ class TrainConfig:
 
     def validate(self) -> TrainConfig:
         """Catch impossible values before any data is read or weights are built."""
-        if self.dataset not in DATASETS:
-            raise UsageError(f"unknown dataset {self.dataset!r}; use one of {', '.join(DATASETS)}")
+        if self.dataset not in DATASET_NAMES:
+            raise UsageError(
+                f"unknown dataset {self.dataset!r}; use one of {_one_of(DATASET_NAMES)}"
+            )
         for name in ("epochs", "batch_size", "grad_accum", "image_size", "token_length"):
             if getattr(self, name) < 1:
                 raise UsageError(f"{name} must be at least 1, got {getattr(self, name)}")
@@ -95,12 +104,12 @@ class TrainConfig:
             raise UsageError(f"lr must be positive, got {self.lr}")
         if not 0 <= self.box_erasing <= 1:
             raise UsageError(f"box erasing is a share of samples in [0, 1], got {self.box_erasing}")
-        if self.parse_mode not in ("fiacli", "released"):
-            raise UsageError(f"parse mode must be fiacli or released, got {self.parse_mode!r}")
-        if self.select_metric not in ("miou", "oiou"):
-            raise UsageError(f"select metric must be miou or oiou, got {self.select_metric!r}")
-        if self.precision not in ("auto", "fp32", "bf16", "fp16"):
-            raise UsageError(f"precision must be auto, fp32, bf16 or fp16, got {self.precision!r}")
+        for name, choices in _CHOICES.items():
+            if getattr(self, name) not in choices:
+                raise UsageError(
+                    f"{name.replace('_', ' ')} must be {_one_of(choices)}, "
+                    f"got {getattr(self, name)!r}"
+                )
         if len(self.class_weights) != 2:
             raise UsageError(f"class weights are two numbers, got {self.class_weights}")
         if self.num_workers < 0:
@@ -111,54 +120,26 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
-# Released recipes (§4) and the CPU recipe of the synthetic set (tuned by bench/learning_check.py).
-RECIPES: dict[str, dict[str, Any]] = {
-    "refsegrs": {
-        "epochs": 60,
-        "lr": 5e-5,
-        "num_tmem": 1,
-        "token_length": 20,
-        "box_erasing": 0.0,
-    },
-    "rrsisd": {
-        "epochs": 40,
-        "lr": 3e-5,
-        "num_tmem": 3,
-        "token_length": 22,
-        "box_erasing": 0.2,
-    },
-    # Synthetic scenes in the RRSIS-D layout, sized for a 2-core CPU (bench/learning_check.py:
-    # 4000 train refs -> 1500 steps, about 7 minutes on one thread). Deviations from §4, and why:
-    # - fianet-tiny (its preset adds a sin-cos absolute position code: a random-init Swin with
-    #   only relative position bias never learns "on the left"), MiniLM-L6 text encoder frozen
-    #   (its features are computed once per expression);
-    # - 96² input: the 3×3 phrase grid is exactly stage 4's 3×3 map, and a step takes ~0.26 s;
-    # - lr 2e-3 (not 3e-5): the Swin starts from random weights, not ImageNet;
-    # - 3 epochs, no box erasing, no drop path, one TMEM block: a minutes budget, clean scenes.
-    # Kept from §4: AdamW, weight decay 0.01, poly decay per iteration, batch 8,
-    # 0.9·CE([0.9, 1.1]) + 0.1·Dice (as good as 0.5/0.5 here once positions are learnable).
-    "synth": {
-        "preset": "fianet-tiny",
-        "epochs": 3,
-        "lr": 2e-3,
-        "batch_size": 8,
-        "image_size": 96,
-        "num_tmem": 1,
-        "token_length": 22,
-        "box_erasing": 0.0,
-        "drop_path": 0.0,
-        "freeze_text_encoder": True,
-        "weight_decay": 0.01,
-        "num_workers": 0,
-    },
+# fields whose values are a choice list (a Literal type): validate() checks them, with the list
+_CHOICES: dict[str, tuple[str, ...]] = {
+    "parse_mode": PARSE_MODES,
+    "select_metric": SELECT_METRICS,
+    "precision": TRAIN_PRECISIONS,
 }
 
 
+def _one_of(choices: tuple[str, ...]) -> str:
+    """``a, b or c``."""
+    return " or ".join([", ".join(choices[:-1]), choices[-1]] if len(choices) > 1 else choices)
+
+
 def recipe_defaults(dataset: str) -> dict[str, Any]:
-    """The recipe values for ``dataset`` (everything else keeps :class:`TrainConfig` defaults)."""
-    if dataset not in RECIPES:
-        raise UsageError(f"unknown dataset {dataset!r}; use one of {', '.join(DATASETS)}")
-    return {"dataset": dataset, **RECIPES[dataset]}
+    """The recipe values of ``dataset`` (the table's, :data:`fiacli.core.datasets.DATASETS`);
+    everything else keeps the :class:`TrainConfig` defaults."""
+    if dataset not in DATASETS:
+        raise UsageError(f"unknown dataset {dataset!r}; use one of {_one_of(DATASET_NAMES)}")
+    facts = DATASETS[dataset]  # type: ignore[index]
+    return {"dataset": facts.name, "token_length": facts.token_length, **facts.recipe}
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
@@ -175,6 +156,8 @@ def _coerce(name: str, value: Any) -> Any:
         raise UsageError(f"config key {name!r} cannot be empty")
     base = next((a for a in args if a is not type(None)), hint) if optional else hint
     origin = typing.get_origin(base)
+    if origin is Literal:  # a choice list: validate() checks the value and names the choices
+        base = str
     try:
         if base is bool:
             if isinstance(value, bool):
@@ -212,6 +195,8 @@ def _coerce(name: str, value: Any) -> Any:
 
 def load_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Read a YAML mapping of config keys (dashes or underscores), refusing unknown keys."""
+    import yaml
+
     p = Path(path)
     if not p.is_file():
         raise FiacliError(f"config file not found: {p}")
@@ -248,7 +233,7 @@ def resolve_config(
     _check_keys(flags, "overrides")
     name = flags.get("dataset") or from_file.get("dataset") or dataset
     if name is None:
-        raise UsageError("no dataset given; use --dataset rrsisd|refsegrs|synth")
+        raise UsageError(f"no dataset given; use --dataset {'|'.join(DATASET_NAMES)}")
     values: dict[str, Any] = recipe_defaults(str(name))
     values.update(from_file)
     values.update(flags)
@@ -259,6 +244,8 @@ def resolve_config(
 
 def save_config(config: TrainConfig, path: str | os.PathLike[str]) -> Path:
     """Write the resolved config as YAML (atomically; it is replaced on every fresh start)."""
+    import yaml
+
     from fiacli.core.io import atomic_output
 
     with atomic_output(path, overwrite=True) as tmp:

@@ -34,9 +34,9 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
+from fiacli.core.datasets import SYNTH
 from fiacli.core.errors import FiacliError
 from fiacli.training.datasets import (
-    RRSISD_CLASSES,
     RRSISD_IMAGES,
     RRSISD_INSTANCES,
     RRSISD_REFS,
@@ -72,7 +72,7 @@ CLASS_STYLES: dict[str, dict[str, Any]] = {
     "ground track field": {"colors": ("red",), "length": (0.25, 0.29), "rotate": False},
     "baseball field": {"colors": ("green",), "length": (0.22, 0.27), "rotate": False},
 }
-SYNTH_CLASSES = tuple(CLASS_STYLES)
+SYNTH_CLASSES = SYNTH.scene_classes  # the table's list; CLASS_STYLES says how to draw each
 
 # (row, col) of the 3×3 grid -> the absolute phrases that end ~70 % of RRSIS-D expressions (§3)
 GRID_PHRASES: dict[tuple[int, int], str] = {
@@ -498,7 +498,7 @@ def generate_synth(
             "info": {"description": SYNTH_MARKER, "seed": seed, "size": size, "counts": counts},
             "images": images,
             "annotations": anns,
-            "categories": [{"id": i, "name": n} for i, n in enumerate(RRSISD_CLASSES)],
+            "categories": [{"id": i, "name": n} for i, n in enumerate(SYNTH.classes)],
         }
         (tmp / RRSISD_INSTANCES).write_text(json.dumps(instances), encoding="utf-8")
         with open(tmp / RRSISD_REFS, "wb") as f:
@@ -514,7 +514,7 @@ def _annotation(ann_id: int, image_id: int, obj: SynthObject, mask: np.ndarray) 
     return {
         "id": ann_id,
         "image_id": image_id,
-        "categories_id": RRSISD_CLASSES.index(obj.cls),  # sic: RRSIS-D's key
+        "categories_id": SYNTH.classes.index(obj.cls),  # sic: RRSIS-D's key
         "bbox": bbox,  # x1, y1, x2, y2 as in RRSIS-D
         "segmentation": [encode(mask)],
         "area": int(mask.sum()),
@@ -532,7 +532,7 @@ def _ref(
         "split": split,
         "sentences": [{"tokens": text.split(), "raw": raw, "sent_id": ref_id, "sent": text}],
         "file_name": file_name,
-        "category_id": RRSISD_CLASSES.index(plan.objects[target].cls),
+        "category_id": SYNTH.classes.index(plan.objects[target].cls),
         "ann_id": ann_id,
         "sent_ids": [ref_id],
         "ref_id": ref_id,

@@ -9,6 +9,7 @@ import typer
 
 from fiacli.cli.common import command, examples
 from fiacli.cli.options import JsonOutput, Overwrite
+from fiacli.core.datasets import ReleasedDatasetName
 
 
 @command(
@@ -51,10 +52,11 @@ def convert(
         ),
     ] = "fiacli",
     dataset: Annotated[
-        str | None,
+        ReleasedDatasetName | None,
         typer.Option(
-            help="Dataset the checkpoint was trained on (refsegrs|rrsisd): sets the class "
-            "vocabulary and token length. Default: the checkpoint's own args.",
+            help="Dataset the checkpoint was trained on: sets the class vocabulary and token "
+            "length. Default: the checkpoint's own args.",
+            case_sensitive=False,
             show_default=False,
         ),
     ] = None,
@@ -76,8 +78,6 @@ def convert(
 
     if to not in TO_CHOICES:
         raise UsageError(f"--to must be one of {', '.join(TO_CHOICES)}, not {to!r}")
-    if dataset is not None and dataset.lower() not in ("refsegrs", "rrsisd"):
-        raise UsageError(f"--dataset must be refsegrs or rrsisd, not {dataset!r}")
     result = convert_checkpoint(
         source,
         output,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import time
-from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -12,6 +11,7 @@ import typer
 
 from fiacli.cli.common import examples, new_app
 from fiacli.cli.options import DataRoot, JsonOutput
+from fiacli.core.datasets import DATASETS, SYNTH, DatasetChoice
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -19,14 +19,9 @@ if TYPE_CHECKING:
     from fiacli.training.dataset_check import DatasetChecker
 
 
-class DatasetChoice(str, Enum):
-    rrsisd = "rrsisd"
-    refsegrs = "refsegrs"
-    synth = "synth"
-    auto = "auto"
-
-
 MAX_ROWS_PER_KIND = 20
+_PUBLISHED = [d.name for d in DATASETS.values() if d.published_counts]
+_UNPUBLISHED = [d.name for d in DATASETS.values() if not d.published_counts]
 
 
 data_app = new_app(help="Dataset tools: validate a download, generate synthetic data.")
@@ -47,10 +42,10 @@ def check(
         typer.Option(
             "--dataset",
             "-d",
-            help="rrsisd / refsegrs compare split sizes with the published ones; synth and "
-            "auto (custom data, layout detected) do not.",
+            help=f"{' / '.join(_PUBLISHED)} compare split sizes with the published ones; "
+            f"{', '.join(_UNPUBLISHED)} and auto (custom data, layout detected) do not.",
         ),
-    ] = DatasetChoice.auto,
+    ] = "auto",
     quick: Annotated[
         bool, typer.Option("--quick", help="Read image headers only; do not decode pixels.")
     ] = False,
@@ -73,7 +68,7 @@ def check(
     from fiacli.core.console import console, print_json, progress
     from fiacli.training.dataset_check import ERROR, DatasetChecker
 
-    checker = DatasetChecker(dataset.value, data_root, deep=not quick, archives=not skip_archives)
+    checker = DatasetChecker(dataset, data_root, deep=not quick, archives=not skip_archives)
     with progress(transient=True) as bar:
         task = bar.add_task("indexing", total=None)
         checker.index()
@@ -86,7 +81,7 @@ def check(
     if json_out:
         print_json(
             {
-                "dataset": dataset.value,
+                "dataset": dataset,
                 "root": str(data_root),
                 "layout": checker.layout,
                 "splits": checker.counts,
@@ -123,8 +118,8 @@ def synth(
         typer.Option(
             "--objects",
             metavar="CLASSES",
-            help="Object classes, comma-separated or repeated; default: all of storage tank, "
-            "vehicle, airplane, ship, tennis court, ground track field, baseball field.",
+            help="Object classes, comma-separated or repeated; default: all of "
+            f"{', '.join(SYNTH.scene_classes)}.",
         ),
     ] = None,
     refs_per_scene: Annotated[
@@ -156,7 +151,7 @@ def synth(
     it with `fiacli train --dataset synth`.
     """
     from fiacli.core.console import console, info, print_json, progress
-    from fiacli.training.synth import SYNTH_CLASSES, generate_synth
+    from fiacli.training.synth import generate_synth
 
     classes = [c.strip() for item in objects or [] for c in item.split(",") if c.strip()]
     counts = {"train": train, "val": val, "test": test}
@@ -169,7 +164,7 @@ def synth(
             seed=seed,
             counts=counts,
             size=size,
-            classes=classes or SYNTH_CLASSES,
+            classes=classes or SYNTH.scene_classes,
             refs_per_scene=refs_per_scene,
             position_only_fraction=position_only,
             max_objects=max_objects,
@@ -204,9 +199,9 @@ def _print_report(console: Console, checker: DatasetChecker, show_all: bool) -> 
     from rich.table import Table
 
     from fiacli.training.dataset_check import ERROR
-    from fiacli.training.datasets import PUBLISHED_COUNTS
 
-    published = PUBLISHED_COUNTS.get(checker.dataset, {})
+    facts = DATASETS.get(checker.dataset)  # type: ignore[call-overload]
+    published = facts.published_counts if facts is not None else {}
     splits = Table(title=f"{checker.root} ({checker.layout or 'layout not recognised'})")
     # paths in the problem rows are relative to this root
     splits.add_column("split")

@@ -10,6 +10,7 @@ import typer
 
 from fiacli.cli.common import command, examples
 from fiacli.cli.options import DataRoot, Device, JsonOutput, NumWorkers
+from fiacli.core.datasets import DatasetChoice
 
 
 @command(
@@ -27,7 +28,7 @@ def evaluate(
     model: Annotated[Path, typer.Option("--model", "-m", help="fiacli checkpoint.")],
     data_root: DataRoot,
     dataset: Annotated[
-        str, typer.Option(help="rrsisd, refsegrs, synth, or auto (detect the layout).")
+        DatasetChoice, typer.Option(help="The dataset, or auto (detect the layout).")
     ] = "auto",
     split: Annotated[str, typer.Option(help="train, val or test.")] = "test",
     full_res: Annotated[

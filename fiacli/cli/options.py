@@ -16,6 +16,8 @@ from typing import Annotated
 
 import typer
 
+from fiacli.core.datasets import DATASETS, RELEASED_DATASET_NAMES
+
 JsonOutput = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")]
 
 Overwrite = Annotated[
@@ -26,7 +28,8 @@ _DEVICE = typer.Option("--device", help="auto, cpu, cuda or cuda:N.")
 Device = Annotated[str, _DEVICE]
 OptionalDevice = Annotated[str | None, _DEVICE]
 
-_DATA_ROOT = typer.Option("--data-root", help="Dataset folder (RRSIS-D or RefSegRS layout).")
+_LAYOUTS = " or ".join(DATASETS[name].title for name in RELEASED_DATASET_NAMES)
+_DATA_ROOT = typer.Option("--data-root", help=f"Dataset folder ({_LAYOUTS} layout).")
 DataRoot = Annotated[Path, _DATA_ROOT]
 OptionalDataRoot = Annotated[Path | None, _DATA_ROOT]
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -10,26 +9,14 @@ import typer
 
 from fiacli.cli.common import command, examples
 from fiacli.cli.options import JsonOutput, Overwrite
+from fiacli.core.datasets import DATASETS, RRSISD, DatasetName
+from fiacli.text.parsing import ParseMode, ParseSettings
+from fiacli.text.tagger import TaggerName
 
 if TYPE_CHECKING:
-    from fiacli.text.parsing import ParsedExpression, ParseSettings
+    from fiacli.text.parsing import ParsedExpression
 
-
-class Dataset(str, Enum):
-    refsegrs = "refsegrs"
-    rrsisd = "rrsisd"
-
-
-class Mode(str, Enum):
-    fiacli = "fiacli"
-    released = "released"
-
-
-class Tagger(str, Enum):
-    auto = "auto"
-    nltk = "nltk"
-    offline = "offline"
-
+DEFAULT_DATASET = RRSISD.name  # whose vocabulary and token budget apply without --dataset
 
 HELP = (
     "Split an expression into the three texts FIANet reads: the context (whole sentence), the "
@@ -46,17 +33,17 @@ HELP = (
 
 
 def _settings(
-    dataset: Dataset | None,
+    dataset: DatasetName | None,
     classes: Path | None,
-    mode: Mode,
+    mode: ParseMode,
     token_length: int | None,
     tokenizer: str | None,
 ) -> ParseSettings:
-    from fiacli.text.parsing import ParseSettings, read_class_file
+    from fiacli.text.parsing import read_class_file
 
     settings = ParseSettings.for_dataset(
-        dataset.value if dataset else "rrsisd",
-        mode=mode.value,
+        dataset or DEFAULT_DATASET,
+        mode=mode,
         token_length=token_length,
         tokenizer=tokenizer,
     )
@@ -117,11 +104,11 @@ def _show(parsed: ParsedExpression, vocabulary: str) -> None:
         )
 
 
-def _note_offline_released(parsed: ParsedExpression, tagger: Tagger) -> None:
+def _note_offline_released(parsed: ParsedExpression, tagger: TaggerName) -> None:
     """Released masks are exact only with NLTK's tagger; say so when auto had to fall back."""
     from fiacli.core.console import info
 
-    if parsed.settings.mode == "released" and parsed.tagger == "offline" and tagger is Tagger.auto:
+    if parsed.settings.mode == "released" and parsed.tagger == "offline" and tagger == "auto":
         info(
             "note: NLTK's averaged_perceptron_tagger_eng is not installed, so the offline tagger "
             "ran; it matches NLTK's spatial phrases on about 98-99% of expressions (see README)"
@@ -179,8 +166,10 @@ def parse(
     ] = None,
     *,
     dataset: Annotated[
-        Dataset | None,
-        typer.Option(help="Class vocabulary and token budget of this dataset (default: rrsisd)."),
+        DatasetName | None,
+        typer.Option(
+            help=f"Class vocabulary and token budget of this dataset (default: {DEFAULT_DATASET})."
+        ),
     ] = None,
     classes: Annotated[
         Path | None,
@@ -188,24 +177,35 @@ def parse(
             help="Own class vocabulary: one class per line, '#' comments.", dir_okay=False
         ),
     ] = None,
-    mode: Annotated[Mode, typer.Option(help="fiacli (quirks fixed) or released.")] = Mode.fiacli,
+    mode: Annotated[
+        ParseMode, typer.Option(help="fiacli (quirks fixed) or released (the authors' parser).")
+    ] = "fiacli",
     tagger: Annotated[
-        Tagger, typer.Option(help="POS tagger: auto, nltk or offline.")
-    ] = Tagger.auto,
+        TaggerName, typer.Option(help="POS tagger (auto: NLTK's when installed, else offline).")
+    ] = "auto",
     token_length: Annotated[
         int | None,
-        typer.Option(min=3, help="Token budget (default: 20 refsegrs, 22 rrsisd)."),
+        typer.Option(
+            min=3,
+            help="Token budget (default: "
+            + ", ".join(f"{d.token_length} {d.name}" for d in DATASETS.values())
+            + ").",
+        ),
     ] = None,
     tokenizer: Annotated[
         str | None,
         typer.Option(
-            help="WordPiece tokenizer: name, folder or vocab.txt (default: bert-base-uncased)."
+            help="WordPiece tokenizer: name, folder or vocab.txt "
+            f"(default: {ParseSettings.tokenizer})."
         ),
     ] = None,
     input: Annotated[
         Path | None,
         typer.Option(
-            "-i", "--input", help="UTF-8 text file, one expression per line.", dir_okay=False
+            "-i",
+            "--input",
+            help="UTF-8 text file, one expression per line.",
+            dir_okay=False,
         ),
     ] = None,
     data_root: Annotated[
@@ -228,14 +228,14 @@ def parse(
     if sum(sources) != 1:
         raise UsageError("give exactly one of: an EXPRESSION, -i/--input FILE, --data-root DIR")
     if data_root is not None and dataset is None:
-        raise UsageError("--data-root needs --dataset (refsegrs or rrsisd)")
+        raise UsageError(f"--data-root needs --dataset ({', '.join(DATASETS)})")
     if expression is None and output is None:
         raise UsageError("batch parsing needs -o/--output FILE.jsonl")
     settings = _settings(dataset, classes, mode, token_length, tokenizer)
-    vocabulary = "custom" if classes else (dataset.value if dataset else "rrsisd")
+    vocabulary = "custom" if classes else (dataset or DEFAULT_DATASET)
 
     if expression is not None:
-        parsed = parse_one(expression, settings, tagger=tagger.value)
+        parsed = parse_one(expression, settings, tagger=tagger)
         _note_offline_released(parsed, tagger)
         if parsed.truncated:
             warn(f"longer than {settings.token_length} tokens; cut: {parsed.truncated!r}")
@@ -256,8 +256,8 @@ def parse(
             from fiacli.training.datasets import load_expressions
         except ImportError as exc:
             raise UsageError(f"dataset loading is unavailable in this install ({exc})") from exc
-        expressions = load_expressions(dataset.value, data_root, split)  # type: ignore[union-attr]
-    parsed = _batch(expressions, settings, tagger.value, output)
+        expressions = load_expressions(dataset, data_root, split)  # type: ignore[arg-type]
+    parsed = _batch(expressions, settings, tagger, output)
     _note_offline_released(parsed[0], tagger)
     cut = [p for p in parsed if p.truncated]
     if cut:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -14,10 +16,52 @@ from fiacli.cli.options import (
     OptionalDevice,
     OptionalNumWorkers,
 )
+from fiacli.core.datasets import DATASETS, RELEASED_DATASET_NAMES, DatasetName
+from fiacli.text.parsing import ParseMode
+from fiacli.training.recipe import SelectMetric, TrainConfig, TrainPrecision
+
+# Options of the command itself, not values of the run: every other option is named like the
+# TrainConfig field it sets (config_overrides refuses any that is neither).
+COMMAND_OPTIONS = frozenset({"config", "resume", "json_out"})
+
+
+def config_overrides(params: Mapping[str, Any]) -> dict[str, Any]:
+    """The TrainConfig values given on the command line: each option named like a field and set
+    (not None); paths as strings, as in config.yaml."""
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    stray = sorted(set(params) - fields - COMMAND_OPTIONS)
+    if stray:
+        raise TypeError(
+            f"train options {', '.join(stray)} are neither TrainConfig fields nor command options"
+        )
+    return {
+        name: str(value) if isinstance(value, Path) else value
+        for name, value in params.items()
+        if name in fields and value is not None
+    }
+
+
+def _help() -> str:
+    """The command's help, with the released recipes as the table and TrainConfig state them."""
+    released = "; ".join(
+        f"{d.title} {d.recipe['epochs']} epochs lr {d.recipe['lr']:g} num_tmem "
+        f"{d.recipe['num_tmem']}" + (" with box erasing" if d.recipe["box_erasing"] else "")
+        for d in (DATASETS[name] for name in RELEASED_DATASET_NAMES)
+    )
+    c = TrainConfig
+    return (
+        "Train FIANet with the released recipe of the dataset (§4), on CPU, one GPU or many.\n\n"
+        f"Defaults per dataset: {released}; both AdamW (weight decay {c.weight_decay:g}), poly "
+        f"decay per iteration, {c.ce_weight:g}·CE + {c.dice_weight:g}·Dice, batch "
+        f"{c.batch_size}, {c.image_size}². The run folder gets config.yaml, metrics.jsonl, "
+        "last.safetensors (+ last.state.pt to resume) and best.safetensors (best val "
+        f"{c.select_metric})."
+    )
 
 
 @command(
     "train",
+    help=_help(),
     epilog=examples(
         "fiacli train --dataset rrsisd --data-root data/rrsisd -o runs/rrsisd",
         "fiacli train --dataset synth --data-root data/synth -o runs/synth --epochs 4",
@@ -27,12 +71,12 @@ from fiacli.cli.options import (
     ),
 )
 def train(
+    ctx: typer.Context,
     output: Annotated[
         Path, typer.Option("-o", "--output", help="Run folder (checkpoints, config, logs).")
     ],
     dataset: Annotated[
-        str | None,
-        typer.Option(help="rrsisd, refsegrs or synth; picks the released recipe's defaults."),
+        DatasetName | None, typer.Option(help="Picks the dataset's recipe defaults.")
     ] = None,
     data_root: OptionalDataRoot = None,
     config: Annotated[
@@ -45,7 +89,14 @@ def train(
     preset: Annotated[
         str | None, typer.Option(help="Model preset: fianet-swinb or fianet-tiny.")
     ] = None,
-    epochs: Annotated[int | None, typer.Option(help="Epochs (60 RefSegRS, 40 RRSIS-D).")] = None,
+    epochs: Annotated[
+        int | None,
+        typer.Option(
+            help="Epochs ("
+            + ", ".join(f"{d.recipe['epochs']} {d.name}" for d in DATASETS.values())
+            + ")."
+        ),
+    ] = None,
     lr: Annotated[float | None, typer.Option(help="AdamW learning rate.")] = None,
     weight_decay: Annotated[float | None, typer.Option(help="AdamW weight decay.")] = None,
     batch_size: Annotated[int | None, typer.Option(help="Images per step per process.")] = None,
@@ -56,7 +107,8 @@ def train(
     num_tmem: Annotated[int | None, typer.Option(help="TMEM blocks.")] = None,
     token_length: Annotated[int | None, typer.Option(help="Tokens per expression.")] = None,
     parse_mode: Annotated[
-        str | None, typer.Option(help="fiacli (default) or released sentence parsing.")
+        ParseMode | None,
+        typer.Option(help=f"Sentence parsing (default: {TrainConfig.parse_mode})."),
     ] = None,
     box_erasing: Annotated[
         float | None, typer.Option(help="Share of training refs with random black boxes.")
@@ -75,7 +127,10 @@ def train(
         ),
     ] = None,
     select_metric: Annotated[
-        str | None, typer.Option(help="Best checkpoint on val miou (default) or oiou.")
+        SelectMetric | None,
+        typer.Option(
+            help=f"Best checkpoint on this val metric (default: {TrainConfig.select_metric})."
+        ),
     ] = None,
     seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,
     deterministic: Annotated[
@@ -83,8 +138,8 @@ def train(
     ] = None,
     device: OptionalDevice = None,
     precision: Annotated[
-        str | None,
-        typer.Option(help="auto (bf16/fp16 on CUDA, fp32 on CPU), fp32, bf16, fp16."),
+        TrainPrecision | None,
+        typer.Option(help="auto: bf16 (or fp16) on CUDA, fp32 on CPU."),
     ] = None,
     num_workers: OptionalNumWorkers = None,
     max_steps: Annotated[
@@ -98,45 +153,11 @@ def train(
     ] = None,
     json_out: JsonOutput = False,
 ) -> None:
-    """Train FIANet with the released recipe of the dataset (§4), on CPU, one GPU or many.
-
-    Defaults per dataset: RRSIS-D 40 epochs lr 3e-5 num_tmem 3 with box erasing; RefSegRS 60
-    epochs lr 5e-5 num_tmem 1; both AdamW (weight decay 0.01), poly decay per iteration,
-    0.9·CE + 0.1·Dice, batch 8, 480². The run folder gets config.yaml, metrics.jsonl,
-    last.safetensors (+ last.state.pt to resume) and best.safetensors (best val mIoU).
-    """
     from fiacli.core.console import info, print_json
     from fiacli.training.loop import train as run_training
     from fiacli.training.recipe import load_run_config, resolve_config
 
-    overrides = {
-        "dataset": dataset,
-        "data_root": str(data_root) if data_root is not None else None,
-        "output": str(output),
-        "preset": preset,
-        "epochs": epochs,
-        "lr": lr,
-        "weight_decay": weight_decay,
-        "batch_size": batch_size,
-        "grad_accum": grad_accum,
-        "image_size": image_size,
-        "num_tmem": num_tmem,
-        "token_length": token_length,
-        "parse_mode": parse_mode,
-        "box_erasing": box_erasing,
-        "backbone_weights": str(backbone_weights) if backbone_weights else None,
-        "text_encoder": text_encoder,
-        "freeze_text_encoder": freeze_text_encoder,
-        "select_metric": select_metric,
-        "seed": seed,
-        "deterministic": deterministic,
-        "device": device,
-        "precision": precision,
-        "num_workers": num_workers,
-        "max_steps": max_steps,
-        "time_budget": time_budget,
-        "tensorboard": tensorboard,
-    }
+    overrides = config_overrides(ctx.params)
     if resume:
         cfg = load_run_config(output, overrides)
     else:

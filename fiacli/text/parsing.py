@@ -25,52 +25,13 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
+from fiacli.core.datasets import RRSISD, dataset_facts
 from fiacli.core.errors import FiacliError, UsageError
 
-VOCABULARIES: dict[str, tuple[str, ...]] = {
-    "refsegrs": (
-        "road",
-        "vehicle",
-        "car",
-        "van",
-        "building",
-        "truck",
-        "trailer",
-        "bus",
-        "road marking",
-        "bikeway",
-        "sidewalk",
-        "tree",
-        "low vegetation",
-        "impervious surface",
-    ),  # fmt: skip
-    "rrsisd": (
-        "airplane",
-        "airport",
-        "golf field",
-        "expressway service area",
-        "baseball field",
-        "stadium",
-        "ground track field",
-        "storage tank",
-        "basketball court",
-        "chimney",
-        "tennis court",
-        "overpass",
-        "train station",
-        "ship",
-        "expressway toll station",
-        "dam",
-        "harbor",
-        "bridge",
-        "vehicle",
-        "windmill",
-    ),  # fmt: skip
-}
-TOKEN_LENGTHS: dict[str, int] = {"refsegrs": 20, "rrsisd": 22}
-MODES = ("released", "fiacli")
+ParseMode = Literal["fiacli", "released"]
+PARSE_MODES: tuple[ParseMode, ...] = get_args(ParseMode)
 
 # The released chunk grammar: one label, three rules, applied in this order.
 GRAMMAR = r"""
@@ -85,14 +46,16 @@ CACHE_FORMAT = "fiacli-parse-cache/1"
 class ParseSettings:
     """How expressions become masks; stored in checkpoints and parse caches as a plain dict."""
 
-    mode: str = "fiacli"
-    classes: tuple[str, ...] = VOCABULARIES["rrsisd"]
-    token_length: int = 22
+    mode: ParseMode = "fiacli"
+    classes: tuple[str, ...] = RRSISD.classes
+    token_length: int = RRSISD.token_length
     tokenizer: str = "bert-base-uncased"
 
     def __post_init__(self) -> None:
-        if self.mode not in MODES:
-            raise UsageError(f"unknown parse mode {self.mode!r}; choose one of {', '.join(MODES)}")
+        if self.mode not in PARSE_MODES:
+            raise UsageError(
+                f"unknown parse mode {self.mode!r}; choose one of {', '.join(PARSE_MODES)}"
+            )
         object.__setattr__(self, "classes", tuple(self.classes))
         if not self.classes or not all(isinstance(c, str) and c.strip() for c in self.classes):
             raise FiacliError("the class vocabulary must be a non-empty list of class names")
@@ -108,16 +71,16 @@ class ParseSettings:
         token_length: int | None = None,
         tokenizer: str | None = None,
     ) -> ParseSettings:
-        """The vocabulary and token budget the released code uses for ``dataset``."""
-        key = dataset.lower().replace("-", "").replace("_", "")
-        if key not in VOCABULARIES:
-            raise UsageError(
-                f"unknown dataset {dataset!r}; choose one of {', '.join(sorted(VOCABULARIES))}"
-            )
+        """The vocabulary and token budget the released code uses for ``dataset``.
+
+        ``dataset`` is a name of :data:`fiacli.core.datasets.DATASETS` ("RRSIS-D" works too);
+        the synthetic scenes are parsed with the RRSIS-D vocabulary, as they use its classes.
+        """
+        facts = dataset_facts(dataset)
         return cls(
-            mode=mode,
-            classes=VOCABULARIES[key],
-            token_length=token_length or TOKEN_LENGTHS[key],
+            mode=mode,  # type: ignore[arg-type]  # a str: __post_init__ checks it
+            classes=facts.classes,
+            token_length=token_length or facts.token_length,
             tokenizer=tokenizer or cls.tokenizer,
         )
 

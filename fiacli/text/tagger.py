@@ -18,10 +18,12 @@ from __future__ import annotations
 import functools
 import re
 from collections.abc import Callable, Sequence
+from typing import Literal, get_args
 
 from fiacli.core.errors import FiacliError, UsageError
 
-TAGGER_CHOICES = ("auto", "nltk", "offline")
+TaggerName = Literal["auto", "nltk", "offline"]
+TAGGER_CHOICES: tuple[TaggerName, ...] = get_args(TaggerName)
 NLTK_RESOURCE = "averaged_perceptron_tagger_eng"
 Tag = Callable[[Sequence[str]], list[str]]
 

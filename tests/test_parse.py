@@ -366,4 +366,46 @@ def test_custom_classes_drive_the_object_mask():
 def test_expression_file(tmp_path):
     path = tmp_path / "e.txt"
     path.write_bytes("\ufeffthe ship\n\n  the dam  \n".encode())
-    assert read_expression_file(path) == (["the ship", "the dam"], 1)
+    assert read_expression_file(path) == ["the ship", "the dam"]
+
+
+def test_expression_file_comments(tmp_path):
+    path = tmp_path / "e.txt"
+    path.write_text(
+        "# queries for scene 12\nthe ship on the left\n   # an indented comment\n\n"
+        "the #2 runway\n\t\nthe dam  # a '#' after text is part of it\n",
+        encoding="utf-8",
+    )
+    assert read_expression_file(path) == [
+        "the ship on the left",
+        "the #2 runway",
+        "the dam  # a '#' after text is part of it",
+    ]
+
+
+@pytest.mark.parametrize("text", ["", "\n\n", "# only\n  # comments\n"])
+def test_expression_file_without_expressions(tmp_path, text):
+    path = tmp_path / "e.txt"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(FiacliError, match="holds no expression"):
+        read_expression_file(path)
+
+
+def test_expression_file_unreadable(tmp_path, monkeypatch):
+    with pytest.raises(FiacliError, match="expression file not found"):
+        read_expression_file(tmp_path / "missing.txt")
+    with pytest.raises(FiacliError, match="expression file not found"):
+        read_expression_file(tmp_path)  # a folder
+    latin = tmp_path / "latin1.txt"
+    latin.write_bytes("the ship\nthe ch\xe2teau\n".encode("latin-1"))
+    with pytest.raises(FiacliError, match="not UTF-8 text .*line 2"):
+        read_expression_file(latin)
+    locked = tmp_path / "locked.txt"
+    locked.write_text("the ship\n")
+
+    def refuse(self):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(type(locked), "read_bytes", refuse)
+    with pytest.raises(FiacliError, match="cannot read expression file .*Permission denied"):
+        read_expression_file(locked)

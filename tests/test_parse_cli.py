@@ -89,7 +89,6 @@ def test_batch_text_file(run_cli, tmp_path):
     assert result.exit_code == 0, result.stderr
     summary = json.loads(result.stdout)
     assert summary["expressions"] == 2 and summary["with_position"] == 2
-    assert "skipped 1 blank line" in result.stderr
     lines = out.read_text().splitlines()
     assert json.loads(lines[0])["count"] == 2
     assert [json.loads(x)["text"] for x in lines[1:]] == [
@@ -102,6 +101,27 @@ def test_batch_text_file(run_cli, tmp_path):
         run_cli("parse", "-i", str(source), "-o", str(out), "-f", "--tagger", "offline").exit_code
         == 0
     )
+
+
+def test_batch_text_file_skips_comment_lines(run_cli, tmp_path):
+    """-i reads files as segment --expressions does (fiacli.text.parsing.read_expression_file)."""
+    source = tmp_path / "expressions.txt"
+    source.write_text("# tanks of scene 3\nthe storage tank on the left\n  # done\n")
+    out = tmp_path / "parsed.jsonl"
+    result = run_cli("parse", "-i", str(source), "-o", str(out), "--tagger", "offline", "--json")
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(result.stdout)["expressions"] == 1
+    texts = [json.loads(x)["text"] for x in out.read_text().splitlines()[1:]]
+    assert texts == ["the storage tank on the left"]
+
+
+def test_batch_file_of_comments_only_is_one_line(run_cli, tmp_path):
+    source = tmp_path / "expressions.txt"
+    source.write_text("# nothing yet\n\n")
+    result = run_cli("parse", "-i", str(source), "-o", str(tmp_path / "p.jsonl"))
+    assert result.exit_code == 1
+    assert "holds no expression" in one_line(result.stderr)
+    assert not (tmp_path / "p.jsonl").exists()
 
 
 def test_batch_non_utf8_file_is_one_line(run_cli, tmp_path):

@@ -28,7 +28,8 @@ HELP = (
     "NLTK word positions used as token positions), for their checkpoints; --mode fiacli (default) "
     "fixes them. --tagger auto uses NLTK's averaged_perceptron_tagger_eng when installed, else an "
     "offline tagger that needs no download.\n\n"
-    "--classes FILE: one class name per line, '#' starts a comment."
+    "--classes FILE: one class name per line, '#' starts a comment. -i FILE: one expression per "
+    "line; blank lines and lines starting with '#' are skipped."
 )
 
 
@@ -204,7 +205,7 @@ def parse(
         typer.Option(
             "-i",
             "--input",
-            help="UTF-8 text file, one expression per line.",
+            help="UTF-8 text file, one expression per line ('#' starts a comment line).",
             dir_okay=False,
         ),
     ] = None,
@@ -248,9 +249,7 @@ def parse(
     assert output is not None
     check_output_path(output, overwrite=overwrite)  # refuse before any work
     if input is not None:
-        expressions, blank = read_expression_file(input)
-        if blank:
-            info(f"skipped {blank} blank line(s) in {input}")
+        expressions = read_expression_file(input)
     else:
         try:
             from fiacli.training.datasets import load_expressions

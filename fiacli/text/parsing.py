@@ -499,7 +499,10 @@ def _read_utf8(path: str | Path, what: str) -> str:
     path = Path(path)
     if not path.is_file():
         raise FiacliError(f"{what} not found: {path}")
-    data = path.read_bytes()
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise FiacliError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
@@ -536,13 +539,21 @@ def read_class_file(path: str | Path) -> tuple[str, ...]:
     return tuple(classes)
 
 
-def read_expression_file(path: str | Path) -> tuple[list[str], int]:
-    """Expressions of a UTF-8 text file, one per line, and the number of blank lines skipped."""
+def read_expression_file(path: str | Path) -> list[str]:
+    """The expressions of a UTF-8 text file: one per line, stripped.
+
+    Blank lines are skipped, and so are comment lines: a line whose first non-blank character is
+    ``#``. A ``#`` later in a line is part of the expression ("the #2 runway"). A missing,
+    unreadable or non-UTF-8 file, or one without any expression, is a FiacliError naming it.
+    ``fiacli parse -i`` and ``fiacli segment --expressions`` read files with this.
+    """
     lines = _read_utf8(path, "expression file").splitlines()
-    expressions = [line.strip() for line in lines if line.strip()]
+    expressions = [s for s in (line.strip() for line in lines) if s and not s.startswith("#")]
     if not expressions:
-        raise FiacliError(f"{path} holds no expressions (one expression per line)")
-    return expressions, len(lines) - len(expressions)
+        raise FiacliError(
+            f"{path} holds no expression (one expression per line; '#' starts a comment line)"
+        )
+    return expressions
 
 
 # --------------------------------------------------------------------------------------------

@@ -3,6 +3,13 @@
 Per optimiser step: ``grad_accum`` micro-batches (DDP all-reduce on the last only), a finite-loss
 check, AdamW step, poly-schedule step. Per epoch: the last checkpoint, a validation pass and, when
 val improves, the best checkpoint. Everything needed to continue exactly is in ``last.state.pt``.
+
+Ctrl-C, SIGTERM and SIGHUP (a scheduler's preemption, see :mod:`fiacli.core.signals`) save a
+resumable checkpoint of the last *completed* step: the interrupted step's forward pass has already
+moved BatchNorm statistics and the random streams, so those are put back first, and the commit of
+a step (optimiser, schedule, step count) is never cut in half. A run that fails or is interrupted
+before its first checkpoint removes what it wrote (config.yaml, logs), so a new attempt starts
+clean.
 """
 
 from __future__ import annotations
@@ -17,7 +24,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from fiacli.core.console import info, warn
-from fiacli.core.errors import FiacliError
+from fiacli.core.errors import FiacliError, UsageError
+from fiacli.core.signals import deferred_signals, set_interrupt_note
 from fiacli.training import distributed as dist_utils
 from fiacli.training.data_pipeline import RunData, build_run_data, model_inputs
 from fiacli.training.optim import (
@@ -100,6 +108,7 @@ class Trainer:
 
     def __init__(self, config: TrainConfig, *, resume: bool = False):
         self.config = config
+        check_limits(config)
         from fiacli.core.device import resolve_device
 
         device = resolve_device(config.device)
@@ -146,6 +155,7 @@ class Trainer:
         self.step = 0  # optimiser steps done in total
         self.best_metric: float | None = None
         self.history: list[dict[str, Any]] = []
+        self.pending_end_of_epoch = False  # interrupted during an epoch's validation and saves
         # after model init (identical on all ranks): per-rank streams for dropout / drop-path
         torch.manual_seed(config.seed + self.dist.rank)
         if resume:
@@ -153,12 +163,23 @@ class Trainer:
         self.log = MetricsLog(
             self.run_dir, enabled=self.dist.is_main, tensorboard=config.tensorboard
         )
+        # persistent buffers (BatchNorm statistics): put back if a step is interrupted
+        saved = set(self.model.state_dict())
+        self._buffers = {n: b for n, b in self.model.named_buffers() if n in saved}
+        self._committed: tuple[dict[str, Any], dict[str, torch.Tensor]] | None = None
 
     # ------------------------------------------------------------------ run folder and state
 
     def _prepare_run_dir(self, resume: bool) -> None:
+        from fiacli.core.io import refuse_overwriting_inputs
+
         if not str(self.config.output):
             raise FiacliError("no run folder given; use -o runs/NAME")
+        cfg = self.config
+        refuse_overwriting_inputs(
+            [self.run_dir, *(self.run_dir / name for name in RUN_FILES)],
+            [cfg.data_root or None, cfg.backbone_weights or None, _local(cfg.text_encoder)],
+        )
         last = self.run_dir / "last.safetensors"
         if resume:
             if not last.is_file():
@@ -185,6 +206,7 @@ class Trainer:
             "scaler": self.scaler.state_dict(),
             "rng": rngs,  # one entry per rank: dropout streams differ between ranks
             "history": json.dumps(self.history),
+            "pending_end_of_epoch": self.pending_end_of_epoch,
         }
 
     def _load_resume_state(self) -> None:
@@ -209,6 +231,7 @@ class Trainer:
         self.epoch, self.step = int(state["epoch"]), int(state["step"])
         self.best_metric = state["best_metric"]
         self.history = json.loads(state["history"])
+        self.pending_end_of_epoch = bool(state.get("pending_end_of_epoch", False))
         set_rng_state(state["rng"][self.dist.rank])
         if self.dist.is_main:
             info(f"resuming {self.run_dir} at epoch {self.epoch + 1}, step {self.step}")
@@ -291,12 +314,29 @@ class Trainer:
                 f"loss became {mean.item()} at step {self.step + 1} (epoch {epoch + 1}, batch "
                 f"{index + 1}, samples {', '.join(map(str, ids[:16]))}); stopped, {kept}"
             )
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scheduler.step()
-        self.step += 1
+        with deferred_signals():  # a step is committed whole or not at all
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scheduler.step()
+            self.step += 1
+        self._commit()
         return float(mean)
+
+    def _commit(self) -> None:
+        """Remember the random streams and buffers as they are after the last completed step."""
+        self._committed = (rng_state(), {n: b.detach().clone() for n, b in self._buffers.items()})
+
+    def _rewind_to_commit(self) -> None:
+        """Undo what an interrupted step did to the buffers and random streams (its gradients
+        are never saved), so the checkpoint equals one saved right after the last step."""
+        if self._committed is None:
+            return
+        rngs, buffers = self._committed
+        with torch.no_grad():
+            for name, value in buffers.items():
+                self._buffers[name].copy_(value)
+        set_rng_state(rngs)
 
     # ------------------------------------------------------------------ epochs
 
@@ -305,27 +345,36 @@ class Trainer:
         result = TrainResult(self.run_dir)
         start_time = time.monotonic()
         budget = cfg.time_budget * 60 if cfg.time_budget else None
+        self._commit()
         try:
+            if self.pending_end_of_epoch:  # interrupted during the last epoch's validation
+                self._finish_epoch(self.epoch - 1)
             while self.step < self.total_steps:
+                if cfg.max_steps is not None and self.step >= cfg.max_steps:
+                    result.stopped = "max_steps"  # e.g. --resume --max-steps N at step N
+                    break
                 epoch, done_in_epoch = self._position()
                 self.model.train()
                 stop = self._run_epoch(epoch, done_in_epoch, start_time, budget, result)
                 end_of_epoch = self.step % self.steps_per_epoch == 0
                 if end_of_epoch:
                     self.epoch = epoch + 1
-                    self._end_of_epoch(epoch)
+                    self._finish_epoch(epoch)
                 if stop:
                     if not end_of_epoch:
                         self.save("last", with_state=True)
                     break
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as exc:
+            self._rewind_to_commit()
             if self.step > 0 or self.epoch > 0:
                 self.save("last", with_state=True)
-                if self.dist.is_main:
-                    info(
-                        f"saved a resumable checkpoint at step {self.step}: continue with "
-                        f"fiacli train -o {self.run_dir} --resume"
-                    )
+                set_interrupt_note(
+                    exc,
+                    f"saved a resumable checkpoint at step {self.step}: continue with "
+                    f"fiacli train -o {self.run_dir} --resume",
+                )
+            else:
+                set_interrupt_note(exc, "no step was completed, nothing was saved")
             raise
         finally:
             self.log.close()
@@ -395,6 +444,13 @@ class Trainer:
                     break
         return False
 
+    def _finish_epoch(self, epoch: int) -> None:
+        """Validate and save; an interruption in between is saved as "still to do" so that
+        --resume validates this epoch instead of skipping it."""
+        self.pending_end_of_epoch = True
+        self._end_of_epoch(epoch)
+        self.pending_end_of_epoch = False
+
     def _end_of_epoch(self, epoch: int) -> None:
         from fiacli.training.evaluate import evaluate_split
 
@@ -418,6 +474,7 @@ class Trainer:
         improved = value is not None and (self.best_metric is None or value > self.best_metric)
         if improved:
             self.best_metric = float(value)
+        self.pending_end_of_epoch = False
         self.save("last", with_state=True, metrics=metrics)
         if improved:
             self.save("best", with_state=False, metrics=metrics)
@@ -431,10 +488,74 @@ class Trainer:
             )
 
 
+# what a run folder holds; none of them may be one of the run's inputs
+RUN_FILES = (
+    "config.yaml",
+    "metrics.jsonl",
+    "parses.jsonl",
+    "last.safetensors",
+    "last.state.pt",
+    "best.safetensors",
+    "tensorboard",
+)
+
+
+def _local(name: str | None) -> str | None:
+    """``name`` when it is a local path (a text encoder may also be a hub name)."""
+    return name if name and Path(name).expanduser().exists() else None
+
+
+def check_limits(config: TrainConfig) -> None:
+    """--max-steps and --time-budget must allow some training (0 used to train a step)."""
+    import math
+
+    if config.max_steps is not None and (
+        isinstance(config.max_steps, bool) or int(config.max_steps) < 1
+    ):
+        raise UsageError(f"--max-steps must be at least 1, not {config.max_steps}")
+    budget = config.time_budget
+    if budget is not None and not (math.isfinite(budget) and budget > 0):
+        raise UsageError(f"--time-budget must be a positive number of minutes, not {budget}")
+
+
+def fresh_run_files(run_dir: Path) -> list[Path]:
+    """What a new run will create in ``run_dir`` that is not there yet (the folder included),
+    so that a start that fails before the first checkpoint can remove exactly that."""
+    created = [] if run_dir.exists() else [run_dir]
+    return created + [run_dir / name for name in RUN_FILES if not (run_dir / name).exists()]
+
+
+def _remove_created(paths: list[Path]) -> None:
+    import shutil
+
+    for path in reversed(paths):  # files first, the folder last (only if left empty)
+        try:
+            if path.is_dir() and not path.is_symlink():
+                if path.name == "tensorboard":
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    path.rmdir()
+            elif path.exists():
+                path.unlink()
+        except OSError:
+            pass
+
+
 def train(config: TrainConfig, *, resume: bool = False) -> TrainResult:
-    """Run (or continue) a training run as configured; see ``fiacli train --help``."""
-    trainer = Trainer(config, resume=resume)
+    """Run (or continue) a training run as configured; see ``fiacli train --help``.
+
+    A new run that fails or is interrupted before its first checkpoint leaves no files behind.
+    """
+    import os
+
+    run_dir = Path(config.output)
+    main_rank = int(os.environ.get("RANK", "0")) == 0
+    created = fresh_run_files(run_dir) if str(config.output) and not resume and main_rank else []
     try:
-        return trainer.fit()
+        return Trainer(config, resume=resume).fit()
+    except BaseException:
+        if created and not (run_dir / "last.safetensors").exists():
+            _remove_created(created)
+        raise
     finally:
         dist_utils.teardown()

@@ -9,10 +9,8 @@ torn by a crash between the two renames is detected instead of silently mixing t
 
 from __future__ import annotations
 
-import errno
 import os
 import random
-import signal
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -23,6 +21,8 @@ import torch
 from torch.utils.data import DistributedSampler
 
 from fiacli.core.errors import FiacliError
+from fiacli.core.io import is_disk_full
+from fiacli.core.signals import deferred_signals
 
 
 class ResumableSampler(DistributedSampler):
@@ -105,28 +105,6 @@ def seed_everything(seed: int, *, deterministic: bool = False) -> None:
 # ---------------------------------------------------------------------------- checkpoint pairs
 
 
-class _DeferInterrupt:
-    """Hold Ctrl-C while the two files of a checkpoint are renamed into place."""
-
-    def __enter__(self) -> _DeferInterrupt:
-        self.hit = False
-        self.previous = None
-        try:
-            self.previous = signal.signal(signal.SIGINT, self._handler)
-        except ValueError:  # not the main thread: nothing to defer
-            self.previous = None
-        return self
-
-    def _handler(self, *_: Any) -> None:
-        self.hit = True
-
-    def __exit__(self, *exc: Any) -> None:
-        if self.previous is not None:
-            signal.signal(signal.SIGINT, self.previous)
-        if self.hit:
-            raise KeyboardInterrupt
-
-
 def _fsync(path: Path) -> None:
     with open(path, "rb") as fh:
         os.fsync(fh.fileno())
@@ -151,17 +129,22 @@ def save_pair(
         if state is not None:
             torch.save({**state, "save_id": save_id}, tmp_s)
             _fsync(tmp_s)
-        with _DeferInterrupt():
+        with deferred_signals():  # Ctrl-C or SIGTERM: after both renames, never between
             os.replace(tmp_w, weights)
             if state is not None:
                 os.replace(tmp_s, state_path)
-    except (OSError, FiacliError) as exc:
-        full = getattr(exc, "errno", None) == errno.ENOSPC or "disk full" in str(exc)
-        if full:
+    except Exception as exc:  # torch raises RuntimeError, safetensors its own error type
+        if is_disk_full(exc) or "disk full" in str(exc):
             raise FiacliError(
                 f"disk full while saving {weights}; the previous checkpoint is unchanged"
             ) from exc
-        raise FiacliError(f"could not save {weights}: {exc}") from exc
+        detail = " ".join(str(exc).split()) or type(exc).__name__
+        if isinstance(exc, FiacliError):
+            raise FiacliError(f"could not save {weights}: {detail}") from exc
+        raise FiacliError(
+            f"could not save {weights} (is the disk full, or over a file-size limit?): {detail}; "
+            "the previous checkpoint is unchanged"
+        ) from exc
     finally:
         for tmp in (tmp_w, tmp_s):
             tmp.unlink(missing_ok=True)

@@ -124,8 +124,9 @@ def model_inputs(
     return image, target, data.text_for(batch["text_index"], device)
 
 
-def parse_settings_for(config: Any, tokenizer: str) -> Any:
-    """Parse settings of the run's dataset: its class vocabulary, token length and mode."""
+def run_parse_settings(config: Any, tokenizer: str) -> Any:
+    """How a training run parses its expressions: the class vocabulary of the run's dataset, the
+    run's token length and parse mode, and the text encoder's ``tokenizer``."""
     from fiacli.text.parsing import ParseSettings
 
     return ParseSettings.for_dataset(
@@ -201,7 +202,7 @@ def build_run_data(config: Any, run_dir: Path, dist: DistInfo) -> RunData:
     expressions = list(dict.fromkeys([*train.expressions, *(val.expressions if val else [])]))
     row = {e: i for i, e in enumerate(expressions)}
     model = build_model(config)
-    settings = parse_settings_for(config, model.config.text_encoder)
+    settings = run_parse_settings(config, model.config.text_encoder)
     if dist.is_main:
         info(f"parsing {len(expressions)} expressions ({settings.mode} mode)")
     text = parse_table(expressions, settings, run_dir / "parses.jsonl", dist)

@@ -4,6 +4,7 @@ Public API::
 
     from fiacli.models import FIANetConfig, FIANet, TextBatch, TextFeatures
     from fiacli.models import create_model, save_checkpoint, load_checkpoint
+    from fiacli.models import preset_config, minimal_config, PRESETS
 
 Imports are lazy so that importing ``fiacli.models`` stays cheap for the CLI.
 """
@@ -22,6 +23,7 @@ _LAZY = {
     "TextEncoder": "fiacli.models.text_encoder",
     "create_model": "fiacli.models.presets",
     "preset_config": "fiacli.models.presets",
+    "minimal_config": "fiacli.models.presets",
     "PRESETS": "fiacli.models.presets",
     "save_checkpoint": "fiacli.models.checkpoint",
     "load_checkpoint": "fiacli.models.checkpoint",

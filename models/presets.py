@@ -8,6 +8,8 @@
   pretrained, and a random Swin with only relative position bias cannot tell "on the left" from
   "on the right" (the learning check measures it: position-only mIoU 0.38 with or without the
   spatial phrase; 0.71 with it vs 0.32 without once the code is added).
+* ``fianet-minimal``: the smallest working FIANet (width 16, one block per stage, a 2-layer
+  32-wide BERT), random weights only: builds and runs in milliseconds, for tests and examples.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from fiacli.models.pretrained import (
     text_encoder_config,
     text_encoder_folder,
 )
+from fiacli.models.text_encoder import BERT_BASE_UNCASED
 
 
 def _swinb() -> dict[str, Any]:
@@ -49,9 +52,42 @@ def _tiny() -> dict[str, Any]:
     }
 
 
-PRESETS: dict[str, Any] = {"fianet-swinb": _swinb, "fianet-tiny": _tiny}
+def _minimal() -> dict[str, Any]:
+    return {
+        "image_size": 64,
+        "embed_dim": 16,
+        "depths": (1, 1, 1, 1),
+        "num_heads": (1, 1, 2, 2),
+        "window_size": 4,
+        "drop_path_rate": 0.0,
+        "swin_timm_name": "swin_tiny_patch4_window7_224",  # architecture only: never pretrained
+        "text_encoder": "random",  # no weights anywhere: the BERT below starts random
+        "text_config": {
+            **BERT_BASE_UNCASED,
+            "hidden_size": 32,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "intermediate_size": 64,
+            "max_position_embeddings": 64,
+        },
+        "decoder_width": 16,
+    }
+
+
+PRESETS: dict[str, Any] = {
+    "fianet-swinb": _swinb,
+    "fianet-tiny": _tiny,
+    "fianet-minimal": _minimal,
+}
 # presets whose Swin has no ImageNet weights: pretrained=True then only loads the text encoder
-_NO_PRETRAINED_SWIN = {"fianet-tiny"}
+_NO_PRETRAINED_SWIN = {"fianet-tiny", "fianet-minimal"}
+# presets whose text encoder has no weights either (unless text_encoder= names one)
+_NO_PRETRAINED_TEXT = {"fianet-minimal"}
+
+
+def minimal_config(**overrides: Any) -> FIANetConfig:
+    """The ``fianet-minimal`` config with ``overrides`` (tests build their models from it)."""
+    return preset_config("fianet-minimal", **overrides)
 
 
 def preset_config(name: str, **overrides: Any) -> FIANetConfig:
@@ -62,8 +98,11 @@ def preset_config(name: str, **overrides: Any) -> FIANetConfig:
     """
     if name not in PRESETS:
         raise FiacliError(f"unknown model {name!r}; choose from {', '.join(sorted(PRESETS))}")
-    values = {**PRESETS[name](), **overrides}
-    if "text_config" not in overrides:
+    preset = PRESETS[name]()
+    values = {**preset, **overrides}
+    # a preset may state its text architecture; another text_encoder is read from its source
+    own_text = "text_config" in preset and "text_encoder" not in overrides
+    if "text_config" not in overrides and not own_text:
         source = values.get("text_encoder", FIANetConfig.text_encoder)
         values["text_config"] = text_encoder_config(source)
     try:
@@ -81,7 +120,7 @@ def create_model(
     device: Any = None,
     **overrides: Any,
 ) -> FIANet:
-    """Build preset ``name`` (``fianet-swinb`` | ``fianet-tiny``) with config ``overrides``.
+    """Build preset ``name`` (a key of :data:`PRESETS`) with config ``overrides``.
 
     Args:
         pretrained: ``True``: initialise from pretrained weights, ImageNet-22k Swin-B from timm
@@ -89,6 +128,7 @@ def create_model(
             error, fast, when that is impossible). ``None`` (default): load only what is on disk
             without a download, i.e. the text encoder when it is the offline package or a
             folder (so ``fianet-tiny`` gets its pretrained MiniLM). ``False``: random weights.
+            ``fianet-minimal`` has random weights whatever ``pretrained`` says.
         backbone_weights: a local timm/Microsoft Swin checkpoint for the backbone (no download).
         text_encoder: a local BERT folder or a hub name; its weights are loaded and its
             config.json sets the text width.
@@ -99,9 +139,12 @@ def create_model(
     config = preset_config(name, **overrides)
     meta = str(device) == "meta"
     load_swin = bool(pretrained) and name not in _NO_PRETRAINED_SWIN and backbone_weights is None
-    local_text = text_encoder_folder(config.text_encoder) is not None
-    load_text = not meta and (
-        bool(pretrained) or text_encoder is not None or (pretrained is None and local_text)
+    random_text = name in _NO_PRETRAINED_TEXT and text_encoder is None
+    local_text = not random_text and text_encoder_folder(config.text_encoder) is not None
+    load_text = (
+        not meta
+        and not random_text
+        and (bool(pretrained) or text_encoder is not None or (pretrained is None and local_text))
     )
     # check every download first: fail in milliseconds, not after building 250 M parameters
     if load_swin:

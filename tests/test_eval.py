@@ -175,3 +175,15 @@ def test_eval_bad_input(trained, run_cli, tmp_path):
     assert nodata.exit_code == 1 and "not found" in nodata.stderr
     split = run_cli("eval", "--model", str(ckpt), "--data-root", str(data), "--split", "dev")
     assert split.exit_code == 1 and "dev" in split.stderr
+
+
+def test_eval_reads_parse_settings_with_the_shared_reader(tmp_path):
+    """A checkpoint without parse settings is refused by ParseSettings.from_checkpoint_meta, as
+    the predictor refuses it, before any data is read."""
+    from fiacli.core.errors import FiacliError
+    from fiacli.models import FIANet, minimal_config, save_checkpoint
+    from fiacli.training.evaluate import evaluate_checkpoint
+
+    path = save_checkpoint(tmp_path / "bare.safetensors", FIANet(minimal_config()), {})
+    with pytest.raises(FiacliError, match=r"bare\.safetensors records no parse settings"):
+        evaluate_checkpoint(path, "auto", tmp_path / "no-data", "test", device="cpu")

@@ -409,3 +409,14 @@ def test_expression_file_unreadable(tmp_path, monkeypatch):
     monkeypatch.setattr(type(locked), "read_bytes", refuse)
     with pytest.raises(FiacliError, match="cannot read expression file .*Permission denied"):
         read_expression_file(locked)
+
+
+def test_settings_from_checkpoint_meta():
+    settings = ParseSettings.for_dataset("refsegrs", mode="released")
+    meta = {"parse": settings.to_dict(), "provenance": {}}
+    assert ParseSettings.from_checkpoint_meta(meta) == settings
+    for bad in ({}, {"parse": None}, {"parse": {}}):
+        with pytest.raises(FiacliError, match="m.safetensors records no parse settings"):
+            ParseSettings.from_checkpoint_meta(bad, "m.safetensors")
+    with pytest.raises(FiacliError, match="exactly the keys"):
+        ParseSettings.from_checkpoint_meta({"parse": {"mode": "fiacli"}})

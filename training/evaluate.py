@@ -221,11 +221,7 @@ def evaluate_checkpoint(
 
     dev = resolve_device(device)
     model, meta = load_checkpoint(checkpoint, device=dev)
-    if not meta.get("parse"):
-        raise FiacliError(
-            f"{checkpoint} records no parse settings; it cannot be evaluated consistently"
-        )
-    settings = ParseSettings.from_dict(meta["parse"])
+    settings = ParseSettings.from_checkpoint_meta(meta, str(checkpoint))
     if dataset == "auto":  # name the layout, so RefSegRS gets its per-class-name table
         from fiacli.training.datasets import detect_layout
 

@@ -79,12 +79,7 @@ class RefSegPredictor:
         if self._settings is None:
             from fiacli.text.parsing import ParseSettings
 
-            stored = self.meta.get("parse")
-            if not stored:
-                raise FiacliError(
-                    "this checkpoint records no parse settings; it cannot turn text into tokens"
-                )
-            self._settings = ParseSettings.from_dict(stored)
+            self._settings = ParseSettings.from_checkpoint_meta(self.meta)
         return self._settings
 
     def encode(self, expression: str, *, drop_position: bool = False) -> EncodedExpression:

@@ -100,6 +100,21 @@ class ParseSettings:
             raise FiacliError(f"parse settings need exactly the keys {sorted(fields)}, got {got}")
         return cls(**{**d, "classes": tuple(d["classes"])})
 
+    @classmethod
+    def from_checkpoint_meta(
+        cls, meta: dict[str, Any], source: str = "this checkpoint"
+    ) -> ParseSettings:
+        """The settings a checkpoint's metadata records (its ``parse`` entry), or a FiacliError
+        naming ``source`` when it records none: without them text cannot be parsed as in
+        training. Prediction and evaluation both read them through this."""
+        stored = meta.get("parse") if isinstance(meta, dict) else None
+        if not stored:
+            raise FiacliError(
+                f"{source} records no parse settings; it cannot turn text into tokens as in "
+                "its training"
+            )
+        return cls.from_dict(stored)
+
 
 @dataclass(frozen=True)
 class ParsedExpression:

@@ -19,7 +19,9 @@ used by the released code to load pretrained weights or download, so they are re
 modules while its files are imported. The two forwards then alternate on the same inputs, same
 threads (fiacli first in even rounds, released first in odd ones), each with the text encoded
 in the call (the released forward runs BERT three times). Printed: both medians per image and
-fiacli/released, from the medians and the median of the per-round ratios.
+fiacli/released, from the medians, as the median of the per-round ratios and in process CPU
+seconds. On a machine other jobs load, wall medians swing by several times; the per-round
+ratio and the CPU ratio hold up better, and a warning says when the load was high.
 """
 
 from __future__ import annotations
@@ -340,6 +342,12 @@ def print_comparison(r: dict, repeats: int) -> None:
         f"{r['argmax_agreement']:.2%} of pixels   "
         f"(load average {r['load_average']:.1f} on {os.cpu_count()} CPUs)"
     )
+    busy = r.get("load_average_before", 0.0)
+    if busy > 0.5 * (os.cpu_count() or 1):
+        print(
+            f"busy machine: load average {busy:.1f} before the run, so other jobs shared these "
+            "CPUs; the medians are unreliable, trust the per-round ratio and process CPU"
+        )
 
 
 def main() -> None:
@@ -370,10 +378,12 @@ def main() -> None:
         if args.backward or args.presets:
             parser.error("--released times the forward of fianet-swinb only")
         cmd = [sys.executable, __file__, "--worker", "compare", *sys.argv[1:]]
+        load_before = os.getloadavg()[0]
         done = subprocess.run(cmd, capture_output=True, text=True, check=False)
         if done.returncode:
             sys.exit(f"comparison failed:\n{done.stderr}")
         row = json.loads(done.stdout.strip().splitlines()[-1])
+        row["load_average_before"] = load_before
         if args.json:
             print(json.dumps(row, indent=2))
         else:

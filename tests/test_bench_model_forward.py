@@ -155,6 +155,9 @@ def test_comparison_prints_both_figures_and_the_ratio(bench, capsys) -> None:
     assert "median 3.000 s per image" in out and "median 3.200 s per image" in out
     assert "fiacli/released: 0.94× (medians)" in out
     assert "@ 89a234a2" in out
+    assert "busy machine" not in out
+    bench.print_comparison({**row, "load_average_before": 64.0}, 3)
+    assert "busy machine: load average 64.0" in capsys.readouterr().out
 
 
 def test_released_constant_is_gone(bench) -> None:

@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 
+from fiacli.core.console import warn
 from fiacli.core.errors import FiacliError
 from fiacli.core.io import atomic_output
 from fiacli.models.fianet import FIANet, FIANetConfig, uninitialised_fianet
@@ -35,6 +36,7 @@ from fiacli.models.pretrained import (
     load_text_encoder,
     text_encoder_state_dict,
 )
+from fiacli.models.text_encoder import text_fit_problems
 
 FORMAT = "fiacli-fianet"
 FORMAT_VERSION = 1
@@ -183,6 +185,9 @@ def load_checkpoint(
         config = FIANetConfig.from_dict(meta["config"])
     except (KeyError, TypeError, ValueError) as exc:
         raise _foreign(file, f"its model config is unusable: {exc}") from exc
+    parse = meta.get("parse")
+    for problem in text_fit_problems(config.text_config, parse if isinstance(parse, dict) else {}):
+        warn(f"{file}: {problem}")
     try:
         state = load_file(str(file), device="cpu")
     except Exception as exc:

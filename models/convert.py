@@ -29,9 +29,11 @@ from fiacli.core.console import warn
 from fiacli.core.errors import FiacliError
 from fiacli.models.checkpoint import is_torch_pickle
 from fiacli.models.fianet import FIANet, FIANetConfig, uninitialised_fianet
-from fiacli.models.text_encoder import BERT_BASE_UNCASED
+from fiacli.models.text_encoder import BERT_BASE_UNCASED, text_fit_problems
 
 TO_CHOICES = ("fiacli", "released")
+# what each target writes, by the output's extension
+TARGET_SUFFIXES = {"fiacli": (".safetensors",), "released": (".pth", ".pt", ".safetensors")}
 
 # --------------------------------------------------------------------------- key mapping
 
@@ -316,6 +318,7 @@ class ReleasedCheckpoint:
     state: dict[str, torch.Tensor]
     args: dict[str, Any] = field(default_factory=dict)
     extras: list[str] = field(default_factory=list)  # other top-level entries (optimizer, ...)
+    notes: list[str] = field(default_factory=list)  # what was odd and ignored
 
 
 def _plain(value: Any) -> Any:
@@ -364,8 +367,38 @@ def read_released(path: str | Path) -> ReleasedCheckpoint:
         raise FiacliError(f"{file} holds no FIANet state_dict (no 'model' entry)")
     if not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise FiacliError(f"{file}: the 'model' entry is not a state_dict of tensors")
-    plain_args = {k: _plain(v) for k, v in vars(args).items()} if args is not None else {}
-    return ReleasedCheckpoint(dict(state), plain_args, extras)
+    plain_args, notes = _released_args(args)
+    return ReleasedCheckpoint(dict(state), plain_args, extras, notes)
+
+
+def _released_args(args: Any) -> tuple[dict[str, Any], list[str]]:
+    """The training options a released file records: an argparse.Namespace, or a plain dict in
+    re-saved files; anything else (an int, a list) is ignored with a note."""
+    if args is None:
+        return {}, []
+    if isinstance(args, argparse.Namespace):
+        items = vars(args)
+    elif isinstance(args, Mapping):
+        items = args
+    else:
+        return {}, [
+            f"its 'args' entry is {type(args).__name__} {_plain(args)!r:.60}, not the training "
+            "options; ignored (pass --dataset)"
+        ]
+    return {str(k): _plain(v) for k, v in items.items()}, []
+
+
+def _image_size(args: Mapping[str, Any]) -> tuple[int, list[str]]:
+    value = args.get("img_size")
+    if value in (None, ""):
+        return 480, []
+    try:
+        size = int(value)
+        if size < 32:
+            raise ValueError
+    except (TypeError, ValueError):
+        return 480, [f"its args.img_size {value!r} is not an image size; assumed 480"]
+    return size, []
 
 
 def parse_settings_for(
@@ -420,8 +453,9 @@ def build_from_released(
 ) -> tuple[FIANet, dict[str, Any], list[str]]:
     """A fiacli FIANet holding a released checkpoint's weights, plus the metadata to save."""
     shapes = {k: tuple(v.shape) for k, v in released.state.items()}
-    image_size = int(released.args.get("img_size") or 480)
+    image_size, size_notes = _image_size(released.args)
     config, notes = infer_config(shapes, image_size=image_size, text_heads=text_heads)
+    notes = [*released.notes, *size_notes, *notes]
     model = FIANet(config, device="meta") if device == "meta" else uninitialised_fianet(config)
     own = model.state_dict()
     state = released_to_fiacli(released.state, config, list(own))
@@ -430,6 +464,7 @@ def build_from_released(
         raise FiacliError(f"tensor shapes do not fit the inferred architecture: {_preview(bad)}")
     model.load_state_dict(state, strict=True, assign=device == "meta")
     parse, parse_notes = parse_settings_for(released.args, config, dataset)
+    parse_notes += text_fit_problems(config.text_config, parse)
     meta = {
         "parse": parse,
         "provenance": {
@@ -456,14 +491,19 @@ def convert_checkpoint(
     and writes the released layout: ``torch.save({"model": state_dict})`` for ``.pth``/``.pt``,
     plain safetensors otherwise.
     """
-    from fiacli.core.io import atomic_output, check_output_path
+    from fiacli.core.errors import UsageError
+    from fiacli.core.io import atomic_output, check_output_path, refuse_overwriting_inputs
     from fiacli.models.checkpoint import META_KEY, load_checkpoint, save_checkpoint
 
     if to not in TO_CHOICES:
         raise FiacliError(f"unknown target {to!r}; choose from {', '.join(TO_CHOICES)}")
+    suffix = Path(dst).suffix.lower()
+    allowed = TARGET_SUFFIXES[to]
+    if suffix not in allowed:
+        hint = " (a .pth is the released layout: --to released)" if to == "fiacli" else ""
+        raise UsageError(f"--to {to} writes {' or '.join(allowed)}, not {Path(dst).name}{hint}")
+    refuse_overwriting_inputs([dst], [src])
     check_output_path(dst, overwrite=overwrite)
-    if Path(src).expanduser().resolve() == Path(dst).expanduser().resolve():
-        raise FiacliError("the output must be a different file from the input")
     fiacli_meta = _fiacli_metadata(src, META_KEY)
     if fiacli_meta is not None:
         if to == "fiacli":

@@ -187,6 +187,7 @@ class TextEncoder(nn.Module):
         return self
 
     def forward(self, text: TextBatch) -> TextFeatures:
+        check_token_ids(text.input_ids, self.bert.config)
         masks = torch.stack([text.context_mask, text.object_mask, text.position_mask]).long()
         empty = masks.sum(-1, keepdim=True) == 0
         attention = torch.where(empty, torch.ones_like(masks), masks)
@@ -197,3 +198,70 @@ class TextEncoder(nn.Module):
         return TextFeatures(
             context, obj, position, text.context_mask, text.object_mask, text.position_mask
         )
+
+
+# vocabulary size of the tokenizers fiacli serves offline (bert-base-uncased's WordPiece)
+_BUNDLED_VOCAB_SIZE = 30522
+
+
+def tokenizer_size(name: str) -> int | None:
+    """How many ids ``name`` can produce (None when it cannot be loaded here: offline hub id)."""
+    from fiacli.core.errors import FiacliError
+    from fiacli.text.tokenizer import BUNDLED_NAMES, load_tokenizer
+
+    if name in BUNDLED_NAMES:
+        return _BUNDLED_VOCAB_SIZE
+    try:
+        return len(load_tokenizer(name))
+    except (FiacliError, OSError, ValueError):
+        return None
+
+
+def check_token_ids(input_ids: torch.Tensor, config: Any) -> None:
+    """Token ids past the embedding (or more tokens than position embeddings) are an IndexError
+    deep inside BERT; say which limit the expression crossed instead."""
+    from fiacli.core.errors import FiacliError
+
+    if not input_ids.numel():
+        return
+    vocab = int(config.vocab_size)
+    top = int(input_ids.max())
+    if top >= vocab or int(input_ids.min()) < 0:
+        raise FiacliError(
+            f"the expression has token id {top}, outside the text encoder's vocabulary of "
+            f"{vocab:,} tokens: the model's tokenizer does not match its text encoder"
+        )
+    positions = int(getattr(config, "max_position_embeddings", 0) or 0)
+    if positions and input_ids.shape[-1] > positions:
+        raise FiacliError(
+            f"{input_ids.shape[-1]} tokens per expression, but the text encoder has only "
+            f"{positions} position embeddings; lower the token length"
+        )
+
+
+def text_fit_problems(text_config: dict[str, Any], parse: dict[str, Any] | None) -> list[str]:
+    """Why a text encoder cannot read everything its tokenizer produces (empty when it can).
+
+    An embedding smaller than the tokenizer's vocabulary (or fewer position embeddings than the
+    token budget) fails at the first expression that uses an id past it."""
+    problems: list[str] = []
+    if not parse:
+        return problems
+    vocab = int(text_config.get("vocab_size", 0) or 0)
+    positions = int(text_config.get("max_position_embeddings", 0) or 0)
+    name = str(parse.get("tokenizer") or "bert-base-uncased")
+    needed = tokenizer_size(name)
+    if vocab and needed is not None and needed > vocab:
+        problems.append(
+            f"its text encoder has a vocabulary of {vocab:,} tokens but its tokenizer "
+            f"{name!r} has {needed:,}: an expression with a word past id {vocab - 1} will be "
+            "refused (wrong tokenizer in the parse settings, or a truncated embedding)"
+        )
+    length = parse.get("token_length")
+    if positions and isinstance(length, int) and length > positions:
+        problems.append(
+            f"its text encoder has {positions} position embeddings but its parse settings ask "
+            f"for {length} tokens: expressions will be refused; lower the token length to at "
+            f"most {positions}"
+        )
+    return problems

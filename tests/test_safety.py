@@ -222,3 +222,24 @@ def test_an_unexpected_exception_asks_for_a_bug_report(run_cli, monkeypatch):
     assert "--debug" in lines[0] and "Traceback" not in result.stderr
     with pytest.raises(ZeroDivisionError):  # --debug: the real exception, its traceback
         run_cli("--debug", "parse", "the ship")
+
+
+# ------------------------------------------------------------------ hostile pickles
+
+
+@pytest.mark.parametrize(
+    ("data", "match"),
+    [
+        # bytearray(2**44): MemoryError with an empty message, once reported as "()"
+        (b"\x80\x04cbuiltins\nbytearray\n\x8a\x06\x00\x00\x00\x00\x00\x10\x85R.", "more memory"),
+        (b"\x80\x04]\x94(K\x01K\x02", "EOFError|UnpicklingError"),  # truncated
+        (b"\x80\x04h\x05.", r"not a readable pickle \(\w+"),  # a memo that is not there
+    ],
+    ids=["huge-bytearray", "truncated", "bad-memo"],
+)
+def test_a_broken_pickle_is_one_error_with_a_reason(data, match):
+    from fiacli.core.safe_pickle import safe_loads
+
+    with pytest.raises(FiacliError, match=match) as info:
+        safe_loads(data)
+    assert "()" not in str(info.value)

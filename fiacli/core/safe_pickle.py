@@ -55,8 +55,28 @@ def safe_load(file: IO[bytes], allowed: Iterable[tuple[str, str]] = (), **kwargs
         return SafeUnpickler(file, allowed, **kwargs).load()
     except UnsafePickleError:
         raise
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError) as exc:
-        raise FiacliError(f"not a readable pickle ({exc.__class__.__name__}: {exc})") from exc
+    except (MemoryError, OverflowError) as exc:  # e.g. bytearray(2**44): corrupt or hostile
+        raise FiacliError(
+            f"not a readable pickle: it asks for more memory than there is "
+            f"({exc.__class__.__name__}{': ' + str(exc) if str(exc) else ''})"
+        ) from None
+    except (
+        pickle.UnpicklingError,
+        EOFError,
+        ValueError,
+        TypeError,
+        AttributeError,
+        IndexError,
+        KeyError,
+        RecursionError,
+    ) as exc:
+        raise FiacliError(f"not a readable pickle ({_reason(exc)})") from exc
+
+
+def _reason(exc: BaseException) -> str:
+    """``Class: message``, or just the class when the message is empty (never ``()``)."""
+    text = " ".join(str(exc).split())
+    return f"{exc.__class__.__name__}: {text}" if text else exc.__class__.__name__
 
 
 def safe_loads(data: bytes, allowed: Iterable[tuple[str, str]] = (), **kwargs: Any) -> Any:

@@ -8,6 +8,7 @@ import math
 import pytest
 import typer
 
+from fiacli.app.areas import AREA_FIELD_NAMES, AreaOptions
 from fiacli.app.segment_options import FIELD_NAMES, SegmentOptions, preflight
 from fiacli.cli import app
 from fiacli.core.errors import UsageError
@@ -24,8 +25,21 @@ def _segment_params() -> set[str]:
 
 def test_every_field_has_a_cli_option_and_every_option_a_field():
     params = _segment_params()
-    assert set(FIELD_NAMES) == params - RUN_INPUTS
+    assert set(FIELD_NAMES) == params - RUN_INPUTS - set(AREA_FIELD_NAMES)
     assert params >= RUN_INPUTS  # the list above names real parameters, not stale ones
+
+
+def test_every_area_field_has_a_cli_option_and_the_two_option_sets_are_apart():
+    params = _segment_params()
+    assert set(AREA_FIELD_NAMES) == params - RUN_INPUTS - set(FIELD_NAMES)
+    assert not set(AREA_FIELD_NAMES) & set(FIELD_NAMES)  # one name, one meaning
+
+
+def test_cli_area_defaults_are_the_dataclass_defaults():
+    group = typer.main.get_command(app)
+    defaults = {p.name: p.default for p in group.commands["segment"].params}
+    assert AreaOptions.from_mapping(defaults) == AreaOptions()
+    assert not AreaOptions.from_mapping(defaults).active
 
 
 def test_cli_defaults_are_the_dataclass_defaults():

@@ -7,11 +7,14 @@
     print(result.per_expression)             # pixels and polygons found per expression
 
     segment("scene.tif", "the ship", "ship.gpkg", model="my-model")   # one call, model cached
+    model.segment("scene.tif", "the van on the left", "vans.gpkg", aoi=parcels)  # per feature
     probs = model.predict(rgb, "the ship")   # one in-memory RGB image -> probability map
     parse("the white van on the left road")  # how the expression is read (fiacli.text.parsing)
 
 ``model`` is anything ``fiacli segment -m`` takes: a checkpoint path, a name registered with
-``fiacli models add``, a bundled name, or ``None`` for the bundled demo model.
+``fiacli models add``, a bundled name, or ``None`` for the bundled demo model. ``aoi=`` (a vector
+file, a GeoDataFrame, shapely geometries) or ``bbox=`` answer the expression inside each area of
+interest, as ``fiacli segment --aoi/--bbox`` does (:mod:`fiacli.app.areas`).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from fiacli.app import pipeline
+from fiacli.app.areas import AREA_FIELD_NAMES, AreaOptions, AreaPlan, AreaResult, segment_areas
 from fiacli.app.named_models import ResolvedModel, resolve_model
 from fiacli.app.pipeline import SegmentResult
 from fiacli.app.segment_options import SegmentOptions, clean_expressions
@@ -31,7 +35,8 @@ from fiacli.core.console import info
 from fiacli.core.errors import FiacliError
 from fiacli.text.parsing import parse
 
-__all__ = ["Segmenter", "SegmentOptions", "SegmentResult", "load_model", "parse", "segment"]
+__all__ = ["AreaOptions", "AreaResult", "Segmenter", "SegmentOptions", "SegmentResult",
+           "load_model", "parse", "segment"]  # fmt: skip
 
 PathLike = str | os.PathLike[str]
 
@@ -65,6 +70,7 @@ class Segmenter:
         output: PathLike | Sequence[PathLike] | None = None,
         options: SegmentOptions | None = None,
         *,
+        areas: AreaOptions | AreaPlan | None = None,
         show_progress: bool = False,
         **changes: Any,
     ) -> SegmentResult:
@@ -74,9 +80,24 @@ class Segmenter:
         ``options`` is a :class:`SegmentOptions`, and keywords change it (``chip``, ``scope``,
         ``threshold``, ``min_area``, ``preview="out.png"``, ``overwrite`` …: the ``fiacli
         segment`` options by their Python names); an unknown keyword is an error.
+
+        Areas of interest: ``aoi=`` (a vector file, a GeoDataFrame or GeoSeries, a shapely
+        geometry or a list of them) or ``bbox=(minx, miny, maxx, maxy)``, with ``aoi_layer``,
+        ``aoi_where``, ``aoi_crs``, ``bbox_crs``, ``expression_field``, ``keep_fields`` and
+        ``crop`` as keywords or in ``areas`` (an :class:`AreaOptions`); the run then answers
+        each feature as one picture (:func:`fiacli.app.areas.segment_areas`) and returns an
+        :class:`AreaResult`, whose ``areas`` lists every feature.
         """
         if output is None:
             output = [Path(Path(os.fspath(scene)).stem + ".gpkg")]
+        if not isinstance(areas, AreaPlan):  # a plan (from preflight_areas) holds its options
+            area_changes = {k: changes.pop(k) for k in list(changes) if k in AREA_FIELD_NAMES}
+            areas = AreaOptions.build(areas, **area_changes)
+        if isinstance(areas, AreaPlan) or areas.active:
+            return segment_areas(
+                scene, expressions, output, options, areas, predictor=self.predictor,
+                model_info=self.model_info, show_progress=show_progress, **changes,
+            )  # fmt: skip
         return pipeline.segment_raster(
             scene, expressions, output, options, predictor=self.predictor,
             model_info=self.model_info, show_progress=show_progress, **changes,

@@ -25,6 +25,13 @@ HELP = (
     "means the left of each chip. scene: a coarse pass over the whole scene shrunk to one chip "
     "finds where the expression points, then full-resolution chips with the object words only "
     "refine it there, so 'on the left' means the left of the whole scene.\n\n"
+    "--aoi FILE / --bbox: answer the expression inside the places you mean, and read nothing "
+    "else. Each AOI feature is one picture: 'on the left' means the left of the feature. A "
+    "feature up to twice the chip on its longer side (960 px at 480) is read as one window, "
+    "resized to the chip like the training images; a larger one is a scene of its own (chips, "
+    "or with --scope scene a coarse pass over the feature). Results are clipped to each "
+    "polygon; polygons carry aoi_id and --keep-fields; rasters cover the AOIs in the scene's "
+    "grid (--crop: only their bounding window); the manifest lists every feature.\n\n"
     "-m: a checkpoint, or a name from `fiacli models`; without it, the bundled demo model "
     "(trained on synthetic scenes only; say so on stderr). --demo segments the bundled demo "
     "scene (a synthetic 2,048² px GeoTIFF): every positional argument is then an expression, "
@@ -72,6 +79,10 @@ def _read_expressions(positional: list[str] | None, repeated: list[str] | None,
         "-o objects.tif --probabilities probs.tif --cog",
         'fiacli segment big.tif "the airplane on the left" --scope scene -m model.safetensors '
         "-o plane.gpkg --min-area 50 --simplify 0.5 --dst-crs EPSG:4326",
+        "fiacli segment scene.tif --aoi parcels.gpkg --expression-field query --keep-fields "
+        "parcel_id -m model.safetensors -o found.gpkg",
+        'fiacli segment scene.tif "the ship" --bbox 12.30,45.42,12.36,45.45 --bbox-crs EPSG:4326 '
+        "-m model.safetensors -o ship.tif --crop",
         "fiacli segment landsat.tif --expressions queries.txt --bands 4,3,2 --resolution 0.5 "
         "-m model.safetensors -o out.parquet --json",
     ),
@@ -175,14 +186,60 @@ def segment(
             "timings, counts."
         ),
     ] = True,
+    aoi: Annotated[
+        str | None,
+        typer.Option(
+            help="Areas of interest: a vector file (GPKG, GeoJSON, Shapefile, GeoParquet …), "
+            "reprojected to the scene's CRS. Each feature is one picture (see above).",
+            show_default=False,
+        ),
+    ] = None,
+    aoi_layer: Annotated[
+        str | None, typer.Option(help="Layer of --aoi to read. \\[default: the first]")
+    ] = None,
+    aoi_where: Annotated[
+        str | None,
+        typer.Option(help="SQL filter picking --aoi features, e.g. \"kind = 'parcel'\"."),
+    ] = None,
+    aoi_crs: Annotated[
+        str | None, typer.Option(help="CRS of an --aoi file that declares none.")
+    ] = None,
+    bbox: Annotated[
+        str | None,
+        typer.Option(
+            help="One area of interest MINX,MINY,MAXX,MAXY in the scene's CRS (or --bbox-crs).",
+            show_default=False,
+        ),
+    ] = None,
+    bbox_crs: Annotated[
+        str | None, typer.Option(help="CRS of --bbox, e.g. EPSG:4326. \\[default: the scene's]")
+    ] = None,
+    expression_field: Annotated[
+        str | None,
+        typer.Option(
+            help="Attribute of --aoi holding each feature's own expression (any -e apply to "
+            "every feature too)."
+        ),
+    ] = None,
+    keep_fields: Annotated[
+        list[str] | None,
+        typer.Option(help="Attributes of --aoi copied onto the polygons (NAME,NAME or repeated)."),
+    ] = None,
+    crop: Annotated[
+        bool,
+        typer.Option(
+            "--crop", help="Rasters cover only the AOIs' bounding window, not the whole scene."
+        ),
+    ] = False,
     as_json: JsonOutput = False,
 ) -> None:
     from fiacli.app.api import load_model
+    from fiacli.app.areas import AreaOptions, preflight_areas
     from fiacli.app.segment_options import SegmentOptions, preflight
     from fiacli.core.console import console, print_json
     from fiacli.core.errors import UsageError
 
-    params = locals()  # the options, by the names of SegmentOptions' fields
+    params = locals()  # the options, by the names of SegmentOptions' and AreaOptions' fields
     if demo:
         scene, expression = _demo_arguments(scene, expression)
     elif scene is None:
@@ -193,17 +250,33 @@ def segment(
 
         given = [DEMO_EXPRESSION]
     options = SegmentOptions.from_mapping(params)
+    areas = AreaOptions.from_mapping(params)
     outputs = list(output or [Path(Path(scene).stem + ".gpkg")])
     from fiacli.app.named_models import resolve_model
 
     model_file = resolve_model(model).path  # an unknown name fails here, before any work
     # before paying for the model; no output may replace an input
-    plan = preflight(scene, given, outputs, options, inputs=[model_file, expressions_file])
-    segmenter = load_model(model, device=device, precision=precision)
-    result = segmenter.segment(scene, plan.expressions, outputs, options, show_progress=not as_json)
+    inputs = [model_file, expressions_file]
+    if areas.active:  # every AOI feature is one picture (fiacli.app.areas)
+        area_plan = preflight_areas(scene, given, outputs, options, areas, inputs=inputs)
+        segmenter = load_model(model, device=device, precision=precision)
+        result = segmenter.segment(scene, area_plan.expressions, outputs, areas=area_plan,
+                                   show_progress=not as_json)  # fmt: skip
+    else:
+        plan = preflight(scene, given, outputs, options, inputs=inputs)
+        segmenter = load_model(model, device=device, precision=precision)
+        result = segmenter.segment(scene, plan.expressions, outputs, options,
+                                   show_progress=not as_json)  # fmt: skip
     if as_json:
         print_json(result.to_dict())
         return
+    for record in getattr(result, "areas", []):
+        texts = "; ".join(
+            f"{e['expression']!r}: {e['foreground_pixels']} px"
+            + ("" if e["polygons"] is None else f", {e['polygons']} polygon(s)")
+            for e in record["per_expression"]
+        )  # fmt: skip
+        console.print(f"AOI {record['id']}: {texts}", highlight=False)
     for item in result.per_expression:
         polys = "" if item["polygons"] is None else f", {item['polygons']} polygon(s)"
         console.print(

@@ -91,22 +91,53 @@ def read_run(run_dir: str | os.PathLike[str]) -> RunLog:
             config = yaml.safe_load((folder / "config.yaml").read_text(encoding="utf-8")) or {}
         except (yaml.YAMLError, UnicodeDecodeError) as exc:
             raise FiacliError(f"{folder / 'config.yaml'} is not valid YAML: {exc}") from None
-    steps, epochs, skipped = [], [], 0
-    for line in log.read_text(encoding="utf-8", errors="replace").splitlines():
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            skipped += 1
+    steps, epochs, skipped, corrupt = [], [], 0, 0
+    text = log.read_text(encoding="utf-8", errors="replace")
+    lines = text.splitlines()
+    live = bool(lines) and not text.endswith("\n")  # a live run is writing the last line
+    for i, line in enumerate(lines):
+        if not line.strip():
             continue
-        if not isinstance(record, dict):
+        record = _record(line)
+        if record is None:
             skipped += 1
-        elif record.get("kind") == "step":
+            corrupt += not (live and i == len(lines) - 1)
+        elif record["kind"] == "step":
             steps.append(record)
-        elif record.get("kind") == "epoch":
+        elif record["kind"] == "epoch":
             epochs.append(record)
+    if corrupt:
+        from fiacli.core.console import warn
+
+        warn(f"{log}: skipped {corrupt} corrupt line(s) (not a JSON training record)")
     if not steps and not epochs:
         raise FiacliError(f"{log} holds no training records yet")
     return RunLog(folder, config if isinstance(config, dict) else {}, steps, epochs, skipped)
+
+
+def _record(line: str) -> dict[str, Any] | None:
+    """A step or epoch record with numbers where the report needs them, else None; records of
+    other kinds are kept (and ignored) as the trainer may add some."""
+    try:
+        record = json.loads(line)
+    except (json.JSONDecodeError, RecursionError):
+        return None
+    if not isinstance(record, dict) or not isinstance(record.get("kind"), str):
+        return None
+    key = {"step": "step", "epoch": "epoch"}.get(record["kind"])
+    if key is None:
+        return record
+    value = record.get(key)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    numeric = ("loss", "lr", "time", *(f"val_{k}" for k in METRIC_KEYS))
+    if any(k in record and not _number(record[k]) for k in numeric):
+        return None
+    return record
+
+
+def _number(value: Any) -> bool:
+    return value is None or (isinstance(value, (int, float)) and not isinstance(value, bool))
 
 
 # --------------------------------------------------------------------------- predictions
@@ -369,6 +400,18 @@ def _png(report: Report, curves: bytes, grid: bytes | None) -> bytes:
     return buf.getvalue()
 
 
+RUN_INPUTS = ("config.yaml", "metrics.jsonl", "*.safetensors", "*.pt")
+PREDS_INPUTS = ("predictions.csv", "*.png")
+
+
+def _files(folder: Path, patterns: tuple[str, ...]) -> list[Path]:
+    """What a report reads in ``folder``: the files matching ``patterns`` (none if absent)."""
+    try:
+        return [p for pattern in patterns for p in folder.glob(pattern) if p.is_file()]
+    except OSError:
+        return []
+
+
 def write_report(
     run_dir: str | os.PathLike[str],
     output: str | os.PathLike[str] | None = None,
@@ -382,7 +425,7 @@ def write_report(
     """Write the report of ``run_dir`` (``.html`` or ``.png`` by extension; default
     ``RUN_DIR/report.html``). ``preds``: an ``eval --save-preds`` folder; ``compute=False``
     leaves the grid out when no such folder exists."""
-    from fiacli.core.io import atomic_output, check_output_path
+    from fiacli.core.io import atomic_output, check_output_path, refuse_overwriting_inputs
 
     target = Path(output) if output is not None else Path(run_dir) / "report.html"
     if target.suffix.lower() not in REPORT_SUFFIXES:
@@ -390,6 +433,9 @@ def write_report(
     if examples < 1:
         raise UsageError(f"--examples must be at least 1, got {examples}")
     run = read_run(run_dir)
+    folder = Path(preds) if preds is not None else run.run_dir / "preds"
+    inputs = [*_files(run.run_dir, RUN_INPUTS), *_files(folder, PREDS_INPUTS)]
+    refuse_overwriting_inputs([target], inputs)
     check_output_path(target, overwrite=overwrite)
     try:
         import matplotlib
@@ -397,7 +443,6 @@ def write_report(
         raise FiacliError("fiacli report draws with matplotlib: pip install matplotlib") from None
     matplotlib.use("Agg")  # files only, never a window
     report = Report(run, examples=examples)
-    folder = Path(preds) if preds is not None else run.run_dir / "preds"
     if preds is not None or (folder / "predictions.csv").is_file():
         report.predictions = read_predictions(folder)
         report.predictions_source = f"from {folder}"

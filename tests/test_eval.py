@@ -1,4 +1,4 @@
-"""`fiacli eval`: §6 metrics through the evaluation loop, tables, JSON/CSV, saved predictions."""
+"""`fiacli eval`: docs/metrics.md metrics through the evaluation loop, tables, JSON/CSV, saved predictions."""
 
 from __future__ import annotations
 
@@ -174,7 +174,7 @@ def test_eval_bad_input(trained, run_cli, tmp_path):
     nodata = run_cli("eval", "--model", str(ckpt), "--data-root", str(tmp_path / "none"))
     assert nodata.exit_code == 1 and "not found" in nodata.stderr
     split = run_cli("eval", "--model", str(ckpt), "--data-root", str(data), "--split", "dev")
-    assert split.exit_code == 1 and "dev" in split.stderr
+    assert split.exit_code == 2 and "dev" in split.stderr  # a usage error (#13)
 
 
 def test_eval_reads_parse_settings_with_the_shared_reader(tmp_path):

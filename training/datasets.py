@@ -1,6 +1,6 @@
 """RRSIS-D and RefSegRS as map-style datasets with one sample interface (torchgeo style).
 
-Layouts (released-implementation §5), ``ROOT`` being ``--data-root``:
+Layouts (docs/datasets.md#folder-layouts), ``ROOT`` being ``--data-root``:
 
 - RRSIS-D: ``ROOT/rrsisd/refs(unc).p`` (untrusted pickle, read with an allow-list),
   ``ROOT/rrsisd/instances.json`` (COCO-like; annotations use the misspelt key ``categories_id``,
@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from fiacli.core.datasets import DATASET_CHOICES, DATASETS
-from fiacli.core.errors import FiacliError
+from fiacli.core.errors import FiacliError, UsageError
 from fiacli.core.safe_pickle import safe_load
 from fiacli.training.readers import DataFileError, read_mask, read_rgb
 from fiacli.training.rle import MaskSizeError, RLEError, decode_segmentation
@@ -132,8 +132,8 @@ class RefRecord:
 def categories_in(expression: str, vocabulary: Sequence[str]) -> list[str]:
     """Class names occurring in ``expression`` as plain substrings, in vocabulary order.
 
-    This is how RefSegRS samples are grouped for the per-category table (§6) and mirrors the
-    released parser's substring test (§3): "road" also occurs in "road marking".
+    This is how RefSegRS samples are grouped for the per-category table (docs/metrics.md) and mirrors the
+    released parser's substring test (docs/parser.md): "road" also occurs in "road marking".
     """
     text = expression.lower()
     return [name for name in vocabulary if name in text]
@@ -338,7 +338,7 @@ class ReferringDataset:
     def _check_split(self, available: Sequence[str], tree: str) -> None:
         if self.split not in available:
             have = ", ".join(sorted(available)) or "none"
-            raise FiacliError(f"unknown split {self.split!r} in {self.root}; available: {have}")
+            raise UsageError(f"unknown split {self.split!r} in {self.root}; available: {have}")
         if not self.records:
             raise FiacliError(
                 f"split {self.split!r} of {self.root} has no samples (expected {tree})"
@@ -518,14 +518,12 @@ def load_expressions(dataset: str, root: Path, split: str) -> list[str]:
     ``fiacli parse --dataset … --data-root … --split …`` calls this.
     """
     if dataset not in DATASET_CHOICES:
-        raise FiacliError(f"unknown dataset {dataset!r}; use one of {', '.join(DATASET_CHOICES)}")
+        raise UsageError(f"unknown dataset {dataset!r}; use one of {', '.join(DATASET_CHOICES)}")
     root = Path(root)
     if dataset_layout(dataset, root) == "refsegrs":
         verify_refsegrs(root)
         if not (root / f"output_phrase_{split}.txt").is_file():
-            raise FiacliError(
-                f"unknown split {split!r}: {root}/output_phrase_{split}.txt not found"
-            )
+            raise UsageError(f"unknown split {split!r}: {root}/output_phrase_{split}.txt not found")
         records, issues = read_refsegrs_split(root, split)
         if issues:
             raise DataFileError(f"{len(issues)} malformed line(s) (first: {issues[0]})")
@@ -537,9 +535,7 @@ def load_expressions(dataset: str, root: Path, split: str) -> list[str]:
             raise DataFileError(f"{len(issues)} malformed ref(s) (first: {issues[0]})")
         if not refs:
             have = sorted({r["split"] for r in parse_refs(raw)[0]})
-            raise FiacliError(
-                f"split {split!r} has no refs in {root}; available: {', '.join(have)}"
-            )
+            raise UsageError(f"split {split!r} has no refs in {root}; available: {', '.join(have)}")
         records = rrsisd_records(root, split, refs, {})
     if not records:
         raise FiacliError(f"split {split!r} of {root} has no samples")

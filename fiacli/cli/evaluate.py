@@ -1,4 +1,4 @@
-"""`fiacli eval`: §6 metrics of a checkpoint on a split, as the paper's Tables I–IV."""
+"""`fiacli eval`: docs/metrics.md metrics of a checkpoint on a split, as the paper's Tables I–IV."""
 
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ def evaluate(
     split: Annotated[str, typer.Option(help="train, val or test.")] = "test",
     full_res: Annotated[
         bool,
-        typer.Option("--full-res", help="Score at each image's own size, not at 480² (§6)."),
+        typer.Option("--full-res", help="Score at each image's own size, not at 480² (docs/metrics.md)."),
     ] = False,
     strip_position: Annotated[
         bool,
@@ -54,7 +54,7 @@ def evaluate(
     json_out: JsonOutput = False,
     csv_out: Annotated[bool, typer.Option("--csv", help="Print CSV on stdout.")] = False,
 ) -> None:
-    """Pr@0.5–0.9, oIoU and mIoU (§6) of a checkpoint on one split, and mIoU per category.
+    """Pr@0.5–0.9, oIoU and mIoU (docs/metrics.md) of a checkpoint on one split, and mIoU per category.
 
     Uses the parse settings recorded in the checkpoint. Categories: RRSIS-D by category id,
     RefSegRS by every class name in the sentence (as the paper's Tables II and IV).
@@ -72,6 +72,11 @@ def evaluate(
         raise UsageError("choose one of --json and --csv")
     if batch_size < 1:
         raise UsageError(f"--batch-size must be at least 1, got {batch_size}")
+    from fiacli.core.io import refuse_overwriting_inputs
+
+    # the predictions folder and the parse cache are written: neither may be what eval reads
+    refuse_overwriting_inputs([save_preds], [model, data_root, parse_cache])
+    refuse_overwriting_inputs([parse_cache], [model, data_root])
     bar = progress(transient=True)
     task = None
 

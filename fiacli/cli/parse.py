@@ -219,9 +219,9 @@ def parse(
     overwrite: Overwrite = False,
     json: JsonOutput = False,
 ) -> None:
-    from fiacli.core.console import info, print_json, warn
+    from fiacli.core.console import clip, info, print_json, warn
     from fiacli.core.errors import UsageError
-    from fiacli.core.io import check_output_path
+    from fiacli.core.io import check_output_path, refuse_overwriting_inputs
     from fiacli.text.parsing import parse as parse_one
     from fiacli.text.parsing import read_expression_file
 
@@ -239,7 +239,7 @@ def parse(
         parsed = parse_one(expression, settings, tagger=tagger)
         _note_offline_released(parsed, tagger)
         if parsed.truncated:
-            warn(f"longer than {settings.token_length} tokens; cut: {parsed.truncated!r}")
+            warn(f"longer than {settings.token_length} tokens; cut: {clip(parsed.truncated)!r}")
         if json:
             print_json({**parsed.to_dict(), "tokens": parsed.tokens})
         else:
@@ -247,6 +247,8 @@ def parse(
         return
 
     assert output is not None
+    tokenizer_file = Path(tokenizer) if tokenizer and Path(tokenizer).is_file() else None
+    refuse_overwriting_inputs([output], [input, classes, tokenizer_file])  # -f or not
     check_output_path(output, overwrite=overwrite)  # refuse before any work
     if input is not None:
         expressions = read_expression_file(input)
@@ -262,7 +264,7 @@ def parse(
     if cut:
         warn(
             f"{len(cut)} expression(s) longer than {settings.token_length} tokens were cut, "
-            f"e.g. {cut[0].text!r} lost {cut[0].truncated!r}"
+            f"e.g. {clip(cut[0].text)!r} lost {clip(cut[0].truncated, 60)!r}"
         )
     summary = _summary(parsed, output, vocabulary)
     if json:

@@ -50,7 +50,7 @@ def _help() -> str:
     )
     c = TrainConfig
     return (
-        "Train FIANet with the released recipe of the dataset (§4), on CPU, one GPU or many.\n\n"
+        "Train FIANet with the released recipe of the dataset (docs/recipe.md), on CPU, one GPU or many.\n\n"
         f"Defaults per dataset: {released}; both AdamW (weight decay {c.weight_decay:g}), poly "
         f"decay per iteration, {c.ce_weight:g}·CE + {c.dice_weight:g}·Dice, batch "
         f"{c.batch_size}, {c.image_size}². The run folder gets config.yaml, metrics.jsonl, "
@@ -168,6 +168,11 @@ def train(
         cfg = resolve_config(dataset, config_file=config, overrides=overrides)
         if not cfg.data_root:
             raise UsageError("--data-root is required (or a --config that sets data_root)")
+        from fiacli.core.io import refuse_overwriting_inputs
+        from fiacli.training.loop import RUN_FILES
+
+        # a new run writes its resolved config.yaml (and logs) into -o: --config must survive
+        refuse_overwriting_inputs([output / name for name in RUN_FILES], [config])
     result = run_training(cfg, resume=resume)
     summary = {
         "run_dir": str(result.run_dir),

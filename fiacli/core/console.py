@@ -24,6 +24,15 @@ console = Console()
 err_console = Console(stderr=True, soft_wrap=True)
 
 
+def clip(text: object, limit: int = 120) -> str:
+    """``repr``-free short form of ``text`` for a message: at most ``limit`` characters, the cut
+    marked with "…" and the full length (a 25 kB expression must not become a 25 kB line)."""
+    value = " ".join(str(text).split())
+    if len(value) <= limit:
+        return value
+    return f"{value[: limit - 1]}… ({len(value):,} characters)"
+
+
 def warn(message: str) -> None:
     """One warning line on stderr."""
     err_console.print(f"[yellow]warning:[/yellow] {message}", highlight=False, soft_wrap=True)

@@ -1,6 +1,6 @@
 """FIANet: Swin stages with a FIAM after each, TMEM across scales, LAVT's decoder.
 
-Data flow (released code, ``../shared/reference/released-implementation.md`` §1)::
+Data flow (released code, docs/released-forward.md#data-flow)::
 
     text ──BERT×3──► F_C, F_G, F_S
     image ─patch embed─► [stage i: Swin blocks → FIAM(x, F_C, F_G, F_S)] × 4

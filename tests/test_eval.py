@@ -1,4 +1,4 @@
-"""`fiacli eval`: docs/metrics.md metrics through the evaluation loop, tables, JSON/CSV, saved predictions."""
+"""`fiacli eval` (docs/metrics.md): the evaluation loop, tables, JSON/CSV, saved predictions."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""§6 metrics against hand-computed cases, the batch accumulator and its merging."""
+"""docs/metrics.md metrics against hand-computed cases, the batch accumulator and its merging."""
 
 from __future__ import annotations
 
@@ -40,7 +40,7 @@ def test_hand_computed_iou():
 def test_empty_cases_score_zero(pred, gt, i, u):
     got_i, got_u = intersection_union(pred, gt)
     assert (int(got_i[0]), int(got_u[0])) == (i, u)
-    # §6: IoU = I/U, and 0 when U = 0 — so "both empty" is a miss, not a hit
+    # docs/metrics.md: IoU = I/U, and 0 when U = 0 — so "both empty" is a miss, not a hit
     assert sample_iou(pred, gt)[0] == 0.0
 
 

@@ -1,4 +1,4 @@
-"""Optimiser groups and poly schedule of the released recipe (§4)."""
+"""Optimiser groups and poly schedule of the released recipe (docs/recipe.md)."""
 
 from __future__ import annotations
 

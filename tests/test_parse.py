@@ -1,6 +1,6 @@
 """Sentence parsing: both modes on both vocabularies, the released quirks, fallback, budget, cache.
 
-Expected masks are written out by hand from the algorithm in released-implementation.md §3 and
+Expected masks are written out by hand from the algorithm in docs/parser.md and
 the WordPiece split of each sentence (asserted alongside, so a vocabulary change shows up as such).
 All tests use the offline tagger, whose tags on these sentences equal the perceptron's
 (tests/test_tagger.py checks that against the real tagger).

@@ -17,7 +17,8 @@ def test_released_recipe_per_dataset(dataset, epochs, lr, num_tmem, tokens, eras
     cfg = resolve_config(dataset)
     assert (cfg.epochs, cfg.lr, cfg.num_tmem, cfg.token_length) == (epochs, lr, num_tmem, tokens)
     assert cfg.box_erasing == erasing
-    # shared by both released recipes (§4): weight decay 0.01 as in the code, batch 8, 480²
+    # shared by both released recipes (docs/recipe.md): weight decay 0.01 as in the code, batch 8,
+    # 480²
     assert (cfg.weight_decay, cfg.batch_size, cfg.image_size) == (0.01, 8, 480)
     assert (cfg.ce_weight, cfg.dice_weight, cfg.class_weights) == (0.9, 0.1, [0.9, 1.1])
     assert cfg.poly_power == 0.9
@@ -29,7 +30,7 @@ def test_synth_recipe_is_cpu_sized():
     cfg = resolve_config("synth")
     assert cfg.preset == "fianet-tiny"
     assert cfg.image_size < 480
-    # the released loss and optimiser settings are kept (§4)
+    # the released loss and optimiser settings are kept (docs/recipe.md#loss)
     assert (cfg.ce_weight, cfg.dice_weight, cfg.class_weights) == (0.9, 0.1, [0.9, 1.1])
     assert (cfg.batch_size, cfg.weight_decay, cfg.poly_power) == (8, 0.01, 0.9)
 

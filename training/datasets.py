@@ -132,7 +132,8 @@ class RefRecord:
 def categories_in(expression: str, vocabulary: Sequence[str]) -> list[str]:
     """Class names occurring in ``expression`` as plain substrings, in vocabulary order.
 
-    This is how RefSegRS samples are grouped for the per-category table (docs/metrics.md) and mirrors the
+    This is how RefSegRS samples are grouped for the per-category table (docs/metrics.md) and
+    mirrors the
     released parser's substring test (docs/parser.md): "road" also occurs in "road marking".
     """
     text = expression.lower()

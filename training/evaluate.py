@@ -1,4 +1,5 @@
-"""Evaluation behind ``fiacli eval`` and the trainer's validation: §6 metrics and paper tables.
+"""Evaluation behind ``fiacli eval`` and the trainer's validation: metrics (docs/metrics.md) and
+paper tables.
 
 Scores are computed at the model's input size (480² for the paper models) against the ground
 truth resized with nearest neighbour, exactly as published; ``full_res`` instead upsamples the
@@ -29,8 +30,8 @@ PR_KEYS = tuple(f"pr@{t:g}" for t in THRESHOLDS)
 
 @dataclass
 class EvalResult:
-    """§6 metrics of one split: ``metrics`` as :meth:`RefSegMetrics.compute` returns them
-    (fractions in [0, 1]), plus subsets (``position-only``) and what was evaluated."""
+    """The metrics (docs/metrics.md) of one split: ``metrics`` as :meth:`RefSegMetrics.compute`
+    returns them (fractions in [0, 1]), plus subsets (``position-only``) and what was evaluated."""
 
     metrics: dict[str, Any]
     subsets: dict[str, dict[str, Any]] = field(default_factory=dict)

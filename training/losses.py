@@ -1,4 +1,4 @@
-"""The training loss as released (§4): ``0.9 · weighted CE + 0.1 · Dice``.
+"""The training loss as released (docs/recipe.md#loss): ``0.9 · weighted CE + 0.1 · Dice``.
 
 - Cross-entropy over the two logits with class weights [0.9, 1.1] (background, object), torch's
   weighted mean: Σ w[y]·nll / Σ w[y] over all pixels of the batch.

@@ -1,4 +1,4 @@
-"""Referring-segmentation metrics exactly as published (released-implementation §6).
+"""Referring-segmentation metrics exactly as published (docs/metrics.md#metrics-as-published).
 
 Per sample: I = |P ∧ G|, U = |P ∨ G|, IoU = I / U, and **IoU = 0 when U = 0**: a sample whose
 prediction and ground truth are both empty scores 0, not 1. That is the published definition; the
@@ -57,7 +57,7 @@ def _is_tensor(x: Any) -> bool:
 
 
 def iou_from_counts(i: Any, u: Any) -> np.ndarray:
-    """I / U per sample, 0 where U = 0 (§6)."""
+    """I / U per sample, 0 where U = 0 (docs/metrics.md#per-sample-iou)."""
     i, u = np.asarray(i, dtype=np.float64), np.asarray(u, dtype=np.float64)
     return np.divide(i, u, out=np.zeros_like(i), where=u > 0)
 
@@ -68,7 +68,7 @@ def sample_iou(pred: Any, gt: Any) -> np.ndarray:
 
 
 def metric_groups(dataset: str, category: str, expression: str) -> list[str]:
-    """The per-category rows a sample counts under (§6).
+    """The per-category rows a sample counts under (docs/metrics.md#per-category-tables).
 
     RefSegRS: every class name occurring in the sentence (so a sample may count several times,
     or not at all); any other dataset: its category (RRSIS-D's category id, shown by name).
@@ -79,7 +79,7 @@ def metric_groups(dataset: str, category: str, expression: str) -> list[str]:
 
 
 class RefSegMetrics:
-    """Accumulates §6 metrics over batches; mergeable across processes (all state is sums).
+    """Accumulates the metrics over batches; mergeable across processes (all state is sums).
 
     >>> m = RefSegMetrics()
     >>> m.update(pred, gt, groups=[["vehicle"], ["ship"]])   # doctest: +SKIP

@@ -1,4 +1,5 @@
-"""Optimiser and schedule of the released recipe (§4): AdamW groups and poly decay per iteration.
+"""Optimiser and schedule of the released recipe (docs/recipe.md): AdamW groups and poly decay per
+iteration.
 
 Which parameters train, as released:
 - no weight decay on normalisation layers, ``absolute_pos_embed`` and
@@ -29,7 +30,8 @@ NORM_TYPES = (
     nn.GroupNorm,
     nn.LocalResponseNorm,
 )
-# never used by FIANet's forward (§1), kept only so released checkpoints map key for key
+# never used by FIANet's forward (docs/released-forward.md), kept only so released checkpoints
+# map key for key
 UNUSED_IN_FORWARD = ("go_embedding",)
 
 

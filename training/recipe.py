@@ -42,14 +42,16 @@ RUNTIME_KEYS = frozenset(
 
 @dataclass
 class TrainConfig:
-    """Everything that defines a training run. Defaults are the released RRSIS-D recipe (§4);
+    """Everything that defines a training run. Defaults are the released RRSIS-D recipe
+    (docs/recipe.md);
     :func:`recipe_defaults` has each dataset's (:data:`fiacli.core.datasets.DATASETS`)."""
 
     dataset: DatasetName = RRSISD.name
     data_root: str = ""
     output: str = ""
     preset: str = "fianet-swinb"
-    # schedule and optimiser (§4): AdamW, poly decay per iteration, weight decay 0.01 in the code
+    # schedule and optimiser (docs/recipe.md): AdamW, poly decay per iteration, weight decay 0.01
+    # in the code
     epochs: int = RRSISD.recipe["epochs"]
     lr: float = RRSISD.recipe["lr"]
     weight_decay: float = 0.01

@@ -74,7 +74,8 @@ CLASS_STYLES: dict[str, dict[str, Any]] = {
 }
 SYNTH_CLASSES = SYNTH.scene_classes  # the table's list; CLASS_STYLES says how to draw each
 
-# (row, col) of the 3×3 grid -> the absolute phrases that end ~70 % of RRSIS-D expressions (§3)
+# (row, col) of the 3×3 grid -> the absolute phrases that end ~70 % of RRSIS-D expressions
+# (docs/parser.md)
 GRID_PHRASES: dict[tuple[int, int], str] = {
     (0, 0): "on the upper left",
     (0, 1): "on the top",

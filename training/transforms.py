@@ -1,8 +1,10 @@
 """Sample transforms (whole-dict, torchgeo style) and the resizing helpers the metrics rely on.
 
-Training resizes to 480×480 (§4): the image bilinearly, the mask with nearest neighbour. Nearest
+Training resizes to 480×480 (docs/recipe.md): the image bilinearly, the mask with nearest
+neighbour. Nearest
 here samples pixel centres (``nearest-exact``), as PIL's NEAREST does, so a mask resized for the
-metric (§6: "ground truth resized with nearest neighbour") matches the released evaluation.
+metric (docs/metrics.md: "ground truth resized with nearest neighbour") matches the released
+evaluation.
 """
 
 from __future__ import annotations
@@ -95,7 +97,8 @@ class Resize:
 
 
 class BoxErase:
-    """RMSIN's RRSIS-D augmentation (§4): in a fixed random ``fraction`` of the training samples,
+    """RMSIN's RRSIS-D augmentation (docs/recipe.md): in a fixed random ``fraction`` of the training
+    samples,
     black out ``boxes`` (min, max) random ``box_size``-pixel squares of the image.
 
     Which samples are erased is fixed from ``seed`` and the sample's ``index``: with
@@ -168,5 +171,5 @@ def train_transform(
 
 
 def eval_transform(image_size: int = 480, *, keep_full_mask: bool = False) -> Compose:
-    """Evaluation: resize image and mask to the model's input size (§6 scores at 480²)."""
+    """Evaluation: resize image and mask to the model's input size (docs/metrics.md: at 480²)."""
     return Compose([Resize(image_size, keep_full_mask=keep_full_mask)])

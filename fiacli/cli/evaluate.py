@@ -33,7 +33,7 @@ def evaluate(
     split: Annotated[str, typer.Option(help="train, val or test.")] = "test",
     full_res: Annotated[
         bool,
-        typer.Option("--full-res", help="Score at each image's own size, not at 480² (docs/metrics.md)."),
+        typer.Option("--full-res", help="Score at each image's own size, not at 480²."),
     ] = False,
     strip_position: Annotated[
         bool,
@@ -54,7 +54,7 @@ def evaluate(
     json_out: JsonOutput = False,
     csv_out: Annotated[bool, typer.Option("--csv", help="Print CSV on stdout.")] = False,
 ) -> None:
-    """Pr@0.5–0.9, oIoU and mIoU (docs/metrics.md) of a checkpoint on one split, and mIoU per category.
+    """Pr@0.5–0.9, oIoU and mIoU of a checkpoint on one split, and mIoU per category.
 
     Uses the parse settings recorded in the checkpoint. Categories: RRSIS-D by category id,
     RefSegRS by every class name in the sentence (as the paper's Tables II and IV).

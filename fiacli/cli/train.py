@@ -50,7 +50,7 @@ def _help() -> str:
     )
     c = TrainConfig
     return (
-        "Train FIANet with the released recipe of the dataset (docs/recipe.md), on CPU, one GPU or many.\n\n"
+        "Train FIANet with the released recipe of the dataset, on CPU, one GPU or many.\n\n"
         f"Defaults per dataset: {released}; both AdamW (weight decay {c.weight_decay:g}), poly "
         f"decay per iteration, {c.ce_weight:g}·CE + {c.dice_weight:g}·Dice, batch "
         f"{c.batch_size}, {c.image_size}². The run folder gets config.yaml, metrics.jsonl, "

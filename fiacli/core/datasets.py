@@ -1,8 +1,9 @@
 """The datasets fiacli knows, in one table: every fact about them that more than one module needs.
 
 One :class:`DatasetFacts` per dataset: its class vocabulary and token length (what the parser
-uses, released-implementation §3), its published split sizes (§5, FIANet paper §4.1), its
-training recipe (§4) and the folder layout it is stored in. Parsing, training, data checks and the
+uses, docs/parser.md), its published split sizes (docs/datasets.md; FIANet paper, Section IV-A), its
+training recipe (docs/recipe.md) and the folder layout it is stored in. Parsing, training, data
+checks and the
 command line all read this table; none of them states these facts again.
 
 The names are declared once as ``Literal`` types, with their tuples from ``typing.get_args``: the
@@ -44,10 +45,12 @@ class DatasetFacts:
     Attributes:
         name: the name commands and checkpoints use.
         title: the name as the papers write it.
-        layout: the folder layout it is stored in (``rrsisd`` or ``refsegrs``, §5).
-        classes: the ground-object vocabulary of the released parser (§3); RRSIS-D's category
+        layout: the folder layout it is stored in (``rrsisd`` or ``refsegrs``, docs/datasets.md).
+        classes: the ground-object vocabulary of the released parser (docs/parser.md);
+            RRSIS-D's category
             ids 0-19 follow this order.
-        token_length: WordPiece tokens per expression, ``[CLS]`` and ``[SEP]`` included (§3).
+        token_length: WordPiece tokens per expression, ``[CLS]`` and ``[SEP]`` included
+            (docs/parser.md).
         published_counts: refs per split as published (empty: nothing to compare with).
         recipe: the :class:`fiacli.training.recipe.TrainConfig` values of its training recipe
             that differ from the defaults (the token length is ``token_length``).
@@ -103,7 +106,7 @@ REFSEGRS = DatasetFacts(
     layout="refsegrs",
     classes=_REFSEGRS_CLASSES,
     token_length=20,
-    published_counts={"train": 2_172, "val": 431, "test": 1_817},  # FIANet paper §4.1
+    published_counts={"train": 2_172, "val": 431, "test": 1_817},  # FIANet paper, Section IV-A
     recipe={"epochs": 60, "lr": 5e-5, "num_tmem": 1, "box_erasing": 0.0},
 )
 
@@ -115,14 +118,14 @@ SYNTH = DatasetFacts(
     token_length=22,
     published_counts={},
     # Sized for a 2-core CPU (bench/learning_check.py: 4000 train refs -> 1500 steps, about 7
-    # minutes on one thread). Deviations from §4, and why:
+    # minutes on one thread). Deviations from docs/recipe.md#per-dataset-settings, and why:
     # - fianet-tiny (its preset adds a sin-cos absolute position code: a random-init Swin with
     #   only relative position bias never learns "on the left"), MiniLM-L6 text encoder frozen
     #   (its features are computed once per expression);
     # - 96² input: the 3×3 phrase grid is exactly stage 4's 3×3 map, and a step takes ~0.26 s;
     # - lr 2e-3 (not 3e-5): the Swin starts from random weights, not ImageNet;
     # - 3 epochs, no box erasing, no drop path, one TMEM block: a minutes budget, clean scenes.
-    # Kept from §4: AdamW, weight decay 0.01, poly decay per iteration, batch 8,
+    # Kept from docs/recipe.md: AdamW, weight decay 0.01, poly decay per iteration, batch 8,
     # 0.9·CE([0.9, 1.1]) + 0.1·Dice (as good as 0.5/0.5 here once positions are learnable).
     recipe={
         "preset": "fianet-tiny",

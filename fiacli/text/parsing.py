@@ -6,7 +6,7 @@ and the spatial position ("on the lower left"). The paper computes these offline
 module does the same in two modes, recorded in every checkpoint:
 
 ``released``
-    What the authors' code does (``released-implementation.md`` §3), quirks included, so their
+    What the authors' code does (docs/parser.md), quirks included, so their
     checkpoints get the masks they were trained on. See :func:`_released_masks`.
 ``fiacli``
     The same grammar with the quirks fixed: whole-word class matching that accepts plurals, masks
@@ -296,8 +296,8 @@ def _released_masks(
       ``len(word_tokenize(class))`` positions from that word's index + 1.
     * Position: PP chunks whose text contains the substring "of" are dropped ("on the roof"
       too). Each kept chunk is located at the first word *equal to* its first word (so a
-      preposition that already occurred earlier marks the earlier place; §3 is silent on this,
-      the released loader does it this way) and marks ``len(word_tokenize(chunk))`` positions from
+      preposition that already occurred earlier marks the earlier place, as the released loader
+      does: docs/parser.md#position-mask) and marks ``len(word_tokenize(chunk))`` positions from
       index + 1. An all-zero mask falls back to the sentence mask, as the released code checks the
       mask's sum rather than the number of chunks.
     * The indices are NLTK word indices used as WordPiece positions (+1 for [CLS]): a word split

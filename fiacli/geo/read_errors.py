@@ -136,17 +136,35 @@ class DeflateChecker:
     """Checks the zlib stream of every DEFLATE block a window touches, once per block.
 
     Only for local GeoTIFFs read on their own grid (a window of a WarpedVRT maps to source
-    blocks in ways GDAL does not expose); everything else is left to GDAL's own errors."""
+    blocks in ways GDAL does not expose); everything else is left to GDAL's own errors. It uses
+    its own dataset handle, under its lock, so reader threads may share it (a GDAL handle must
+    not be used by two threads at once)."""
 
     def __init__(self, path: str, ds: Any) -> None:
         self.path = path
-        self.ds = ds
         self.checked: set[tuple[int, int, int]] = set()
         self.lock = threading.Lock()
         block_h, block_w = ds.block_shapes[0]
         self.block = (int(block_h), int(block_w))
+        self.height, self.width = int(ds.height), int(ds.width)
         separate = str(getattr(ds.interleaving, "value", ds.interleaving)).lower() == "band"
         self.bands = list(range(1, ds.count + 1)) if separate else [1]
+        self._meta: Any = None  # its own handle, for the block offsets only
+
+    def _offsets(self, band: int, bx: int, by: int) -> tuple[str | None, str | None]:
+        import rasterio
+
+        with self.lock:
+            if self._meta is None or self._meta.closed:
+                self._meta = rasterio.open(self.path)
+            tags = (f"BLOCK_OFFSET_{bx}_{by}", f"BLOCK_SIZE_{bx}_{by}")
+            return tuple(self._meta.get_tag_item(t, "TIFF", bidx=band) for t in tags)  # type: ignore[return-value]
+
+    def close(self) -> None:
+        """Close its handle (a later check opens it again: clones of a scene share a checker)."""
+        with self.lock:
+            if self._meta is not None:
+                self._meta.close()
 
     @classmethod
     def for_dataset(cls, path: str, ds: Any) -> DeflateChecker | None:
@@ -163,8 +181,8 @@ class DeflateChecker:
     def blocks(self, window: Any) -> Iterator[tuple[int, int]]:
         bh, bw = self.block
         r0, c0 = int(window.row_off), int(window.col_off)
-        r1 = min(r0 + int(window.height), self.ds.height)
-        c1 = min(c0 + int(window.width), self.ds.width)
+        r1 = min(r0 + int(window.height), self.height)
+        c1 = min(c0 + int(window.width), self.width)
         for by in range(max(r0, 0) // bh, max(r1 - 1, 0) // bh + 1):
             for bx in range(max(c0, 0) // bw, max(c1 - 1, 0) // bw + 1):
                 yield bx, by
@@ -191,8 +209,7 @@ class DeflateChecker:
         return None
 
     def _check_block(self, fh: Any, band: int, bx: int, by: int) -> str | None:
-        offset = self.ds.get_tag_item(f"BLOCK_OFFSET_{bx}_{by}", "TIFF", bidx=band)
-        size = self.ds.get_tag_item(f"BLOCK_SIZE_{bx}_{by}", "TIFF", bidx=band)
+        offset, size = self._offsets(band, bx, by)
         if not offset or not size or int(size) == 0:
             return None  # a sparse block: GDAL fills it, nothing to check
         fh.seek(int(offset))
@@ -226,6 +243,15 @@ class ReadGuard:
     checker: DeflateChecker | None = None
     skipped: list[dict[str, Any]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @classmethod
+    def for_dataset(
+        cls, path: str, ds: Any, *, on_error: OnReadError = "fail", check_blocks: bool = True
+    ) -> ReadGuard:
+        """The guard of a scene read from ``ds`` (``check_blocks``: windows are on ``ds``'s own
+        grid, so its DEFLATE tiles can be checked; not through a WarpedVRT)."""
+        checker = DeflateChecker.for_dataset(path, ds) if check_blocks else None
+        return cls(path, on_error, checker)
 
     def __post_init__(self) -> None:
         if self.on_error not in ON_READ_ERRORS:
@@ -270,6 +296,10 @@ class ReadGuard:
         rgb = np.empty((3, *shape), np.uint8)
         rgb[:] = np.asarray(fill, np.uint8)[:, None, None]
         return rgb, np.zeros(shape, bool)
+
+    def close(self) -> None:
+        if self.checker is not None:
+            self.checker.close()
 
     def summary(self) -> str | None:
         """One warning line about the skipped windows, or None."""

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Use the authors' released FIANet checkpoint: convert it once, register it under a short name,
-# then segment with -m NAME. The .pth (from github.com/Shaosifan/FIANet) is read without running
+# then segment with -m NAME. The .pth (the authors' trained model, from the BaiduNetDisk share
+# linked in github.com/Shaosifan/FIANet/issues/11, extraction code 65g4) is read without running
 # pickled code; every tensor must map, or the conversion stops and says which.
 #
 #   bash examples/convert_released.sh RELEASED.pth [NAME] [OUT_DIR]

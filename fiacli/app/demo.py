@@ -43,8 +43,9 @@ DEMO_EXPRESSION = "the yellow vehicle"
 DEMO_MIN_AREA = 15.0
 DEMO_NOTE = (
     f"using the bundled demo model {DEMO_MODEL_NAME}, trained on synthetic scenes only; for real "
-    "imagery pass -m with a released checkpoint converted by `fiacli convert`, or a model from "
-    "`fiacli train`"
+    "imagery download the authors' trained checkpoint (BaiduNetDisk link and extraction code 65g4 "
+    "in github.com/Shaosifan/FIANet/issues/11), convert it with `fiacli convert` and pass -m, or "
+    "train one with `fiacli train`"
 )
 
 

@@ -21,7 +21,12 @@ from fiacli.core.datasets import ReleasedDatasetName
         "argparse.Namespace are accepted). Every released tensor must map to exactly one "
         "fiacli tensor, or the conversion stops and lists the keys. The architecture (Swin "
         "size and window, num_tmem, decoder width, BERT size) is read from tensor shapes, and "
-        "the parse mode is set to 'released' so expressions are parsed as in training."
+        "the parse mode is set to 'released' so expressions are parsed as in training.\n\n"
+        "Where the trained checkpoints are: not in the authors' GitHub repository (its README "
+        "links only the weights training starts from). The authors shared them in issue #11 of "
+        "github.com/Shaosifan/FIANet, as a BaiduNetDisk share "
+        "(pan.baidu.com/s/1WgvKFn9nXiny1pzcvVJjwQ, extraction code 65g4); download the .pth for "
+        "your dataset there and convert it once."
     ),
     epilog=examples(
         "fiacli convert refsegrs_best.pth -o fianet-refsegrs.safetensors",
@@ -33,8 +38,8 @@ def convert(
     source: Annotated[
         Path,
         typer.Argument(
-            help="A released FIANet checkpoint (.pth from the authors' GitHub), or a fiacli "
-            "checkpoint with --to released.",
+            help="A released FIANet checkpoint (a .pth written by the authors' train.py, such as "
+            "their trained models: see above), or a fiacli checkpoint with --to released.",
             show_default=False,
         ),
     ],

@@ -1,0 +1,292 @@
+"""Scale-out (fiacli.app.scaleout): bands on the global chip grid, balance, and split scenes and
+lists of scenes on 2 gloo processes giving what one process gives."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import multiprocessing as mp
+import os
+import signal
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import geopandas as gpd
+import numpy as np
+import pytest
+import rasterio
+import shapely
+from _oracle import Oracle, random_rgb, read, write_tif
+
+from fiacli.app.batch import BatchOptions, segment_many
+from fiacli.app.pipeline import segment_raster
+from fiacli.app.scaleout import grid_offsets, plan_units, split_bands
+
+pytestmark = pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning")
+
+
+@dataclass
+class Model:
+    predictor: Any = field(default_factory=lambda: Oracle(radius=2))
+    model_info: dict[str, Any] = field(default_factory=lambda: {"path": "oracle", "name": None})
+
+
+# --------------------------------------------------------------------------------------------
+# the plan
+
+
+@pytest.mark.parametrize(
+    ("height", "chip", "overlap", "parts", "context"),
+    [(150, 48, 16, 3, 0), (150, 48, 30, 2, 4), (1000, 64, 8, 7, 0), (97, 32, 24, 4, 2),
+     (481, 480, 96, 2, 0), (2000, 480, 96, 8, 6), (64, 64, 0, 2, 0), (130, 16, 15, 5, 3)],
+)  # fmt: skip
+def test_bands_own_every_row_once_and_read_chips_of_the_global_grid(height, chip, overlap,
+                                                                   parts, context):  # fmt: skip
+    bands = split_bands(height, chip, overlap, parts, context)  # asserts the grid itself
+    ys = grid_offsets(height, chip, overlap)
+    assert len(bands) == min(parts, len(ys))
+    assert bands[0].own[0] == 0 and bands[-1].own[1] == height
+    for a, b in zip(bands, bands[1:], strict=False):
+        assert a.own[1] == b.own[0]  # a partition of the rows
+        assert a.chip_rows[1] + 1 == b.chip_rows[0]
+    for band in bands:
+        r0, r1 = band.read
+        assert r0 <= max(0, band.own[0] - context) and r1 >= min(height, band.own[1] + context)
+        assert r0 in ys  # starts on a chip row of the global grid
+
+
+def test_plan_gives_bands_one_per_rank_then_scenes_largest_first_to_the_least_loaded():
+    sizes = [(0, 100, 100), (1, 1000, 1000), (2, 300, 300), (3, 600, 500), (4, 50, 50)]
+    units = plan_units(sizes, 2, 48, 16, split=lambda job, h, w: job == 1)
+    bands = [u for u in units if u.band is not None]
+    assert sorted(u.rank for u in bands) == [0, 1] and {u.job for u in bands} == {1}
+    whole = [u for u in units if u.band is None]
+    assert [u.job for u in whole] == [3, 2, 0, 4]  # largest first
+    first = whole[0].rank  # each to the least-loaded rank: the rest to the other one
+    assert [u.rank for u in whole] == [first, 1 - first, 1 - first, 1 - first]
+
+
+def test_unequal_scenes_are_balanced_by_pixels():
+    rng = np.random.default_rng(0)
+    sizes = [(i, int(h), int(w)) for i, (h, w) in enumerate(rng.integers(100, 3000, (40, 2)))]
+    units = plan_units(sizes, 4, 480, 96, split=lambda *a: False)
+    load = [sum(u.cost for u in units if u.rank == r) for r in range(4)]
+    assert max(load) / (sum(load) / 4) < 1.05
+
+
+# --------------------------------------------------------------------------------------------
+# split scenes in one process: equal to the unsplit run
+
+
+def polygons(path: Path) -> list[tuple]:
+    f = gpd.read_file(path)
+    rows = zip(f.expression, f.geometry, f.pixels, f.mean_prob, f.area_m2, strict=True)
+    return sorted(
+        (e, shapely.normalize(g).wkb, int(p), round(float(m), 4), round(float(a), 6))
+        for e, g, p, m, a in rows
+    )
+
+
+def assert_same_outputs(a: Path, b: Path) -> None:
+    for name in ("x.tif", "p.tif"):
+        with rasterio.open(a / name) as da, rasterio.open(b / name) as db:
+            assert np.array_equal(da.read(), db.read()), name
+            assert np.array_equal(da.read_masks(), db.read_masks()), name
+            assert da.transform == db.transform and da.crs == db.crs
+            assert list(da.descriptions) == list(db.descriptions)
+    pa, pb = polygons(a / "x.gpkg"), polygons(b / "x.gpkg")
+    assert len(pa) > 10 and pa == pb
+
+
+def scene_with_holes(path: Path, h: int, w: int, seed: int = 1) -> Path:
+    rgb = random_rgb(h, w, seed=seed)
+    rgb[:, 40:52, 10:70] = 0  # nodata across a seam
+    return write_tif(path, rgb, nodata=0)
+
+
+@pytest.mark.parametrize(
+    ("blend", "overlap", "open_px", "parts"),
+    [("cosine", 16, 0, 3), ("cosine", 30, 2, 2), ("crop", 16, 1, 4), ("none", 20, 0, 3)],
+)
+def test_a_split_scene_equals_the_whole_scene(tmp_path, blend, overlap, open_px, parts):
+    scene = scene_with_holes(tmp_path / "s.tif", 230, 150)
+    kw = dict(chip=48, overlap=overlap, blend=blend, open_px=open_px)
+    (tmp_path / "one").mkdir()
+    one = tmp_path / "one"
+    segment_raster(scene, ["red", "blue"], [one / "x.tif", one / "x.gpkg"],
+                   predictor=Oracle(radius=2), probabilities=one / "p.tif", **kw)  # fmt: skip
+    out = tmp_path / "split"
+    out.mkdir()
+    result = segment_many([scene], ["red", "blue"], [out / "x.tif", out / "x.gpkg"], model=Model(),
+                          probabilities=out / "p.tif", batch=BatchOptions(split_scene=True),
+                          split_parts=parts, **kw)  # fmt: skip
+    row = result.rows[0]
+    assert row["status"] == "done" and row["parts"] == parts, row
+    assert_same_outputs(tmp_path / "one", out)
+    man = json.loads((out / "x.manifest.json").read_text())
+    alone = json.loads((tmp_path / "one" / "x.manifest.json").read_text())
+    assert man["per_expression"] == alone["per_expression"]
+    assert man["scene"]["valid_pixels"] == alone["scene"]["valid_pixels"]
+    assert man["options"] == alone["options"] and man["split"]["parts"] == parts
+    assert not list(out.glob(".*"))  # parts and job folder removed
+
+
+def test_a_split_scene_with_cog_outputs_and_min_area(tmp_path):
+    scene = write_tif(tmp_path / "s.tif", random_rgb(200, 120, seed=4))
+    kw = dict(chip=48, overlap=16, cog=True, min_area=2.0, simplify=0.0)
+    (tmp_path / "one").mkdir()
+    one = tmp_path / "one"
+    segment_raster(scene, ["red"], [one / "x.tif", one / "x.gpkg"],
+                   predictor=Oracle(radius=2), probabilities=one / "p.tif", **kw)  # fmt: skip
+    out = tmp_path / "split"
+    out.mkdir()
+    segment_many([scene], ["red"], [out / "x.tif", out / "x.gpkg"], model=Model(),
+                 probabilities=out / "p.tif", batch=BatchOptions(split_scene=True), split_parts=3,
+                 **kw)  # fmt: skip
+    assert_same_outputs(tmp_path / "one", out)
+    with rasterio.open(out / "x.tif") as ds:
+        assert ds.profile.get("tiled") and ds.overviews(1) == []  # small: COG without overviews
+
+
+def test_a_scene_that_cannot_be_split_exactly_runs_whole(tmp_path):
+    data = (random_rgb(120, 90, seed=2).astype(np.uint16) * 40).astype(np.uint16)
+    scene = write_tif(tmp_path / "s16.tif", data)
+    out = tmp_path / "out"
+    out.mkdir()
+    result = segment_many([scene], ["red"], [out / "x.tif"], model=Model(), chip=48, overlap=16,
+                          batch=BatchOptions(split_scene=True), split_parts=2)  # fmt: skip
+    assert result.rows[0]["status"] == "done" and "parts" not in result.rows[0]
+
+
+# --------------------------------------------------------------------------------------------
+# two gloo processes
+
+
+def _worker(rank: int, world: int, init: str, task: dict[str, Any], report: str) -> None:
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
+                      FIACLI_DIST_INIT=init, FIACLI_DIST_CHECK_TIMEOUT="30")  # fmt: skip
+    path = Path(report) / f"rank-{rank}.json"
+    code = 0
+    try:
+        oracle = Oracle(radius=2)
+        if task.get("slow"):
+            oracle = Slow(radius=2, started=str(Path(report) / f"started-{rank}"))
+        scenes = task["scenes"][rank] if task.get("per_rank_scenes") else task["scenes"]
+        result = segment_many(scenes, task["texts"], task["outputs"],
+                              model=Model(oracle), batch=BatchOptions(**task.get("batch", {})),
+                              **task["options"])  # fmt: skip
+        answer = ["ok", [r["status"] for r in result.rows], result.to_dict()]
+    except KeyboardInterrupt:
+        answer, code = ["interrupted", None, None], 130
+    except Exception as exc:
+        answer, code = ["error", f"{type(exc).__name__}: {exc}", traceback.format_exc()], 1
+    path.write_text(json.dumps(answer, default=str))
+    os._exit(code)
+
+
+@dataclass
+class Slow(Oracle):
+    """An oracle that says when it starts predicting (a file), then takes its time."""
+
+    started: str = ""
+
+    def predict(self, chips, encoded):
+        Path(self.started).touch()
+        time.sleep(0.1)
+        return super().predict(chips, encoded)
+
+
+def run_ranks(tmp_path: Path, task: dict[str, Any], world: int = 2, timeout: float = 120):
+    ctx = mp.get_context("spawn")
+    init = f"file://{tmp_path / 'rendezvous'}"
+    report = tmp_path / "report"
+    report.mkdir(exist_ok=True)
+    args = [(r, world, init, task, str(report)) for r in range(world)]
+    procs = [ctx.Process(target=_worker, args=a) for a in args]
+    for p in procs:
+        p.start()
+    if task.get("slow"):  # as torchrun stops a job: SIGTERM to every rank, mid-work
+        deadline = time.monotonic() + timeout
+        while not all((report / f"started-{r}").exists() for r in range(world)):
+            assert time.monotonic() < deadline, "the ranks never started"
+            time.sleep(0.05)
+        for p in procs:
+            os.kill(p.pid, signal.SIGTERM)
+    for p in procs:
+        p.join(timeout)
+    for p in procs:
+        if p.is_alive():
+            p.kill()
+            pytest.fail("a rank hung")
+    answers = {}
+    for r in range(world):
+        with contextlib.suppress(FileNotFoundError):
+            answers[r] = json.loads((report / f"rank-{r}.json").read_text())
+    return [p.exitcode for p in procs], answers
+
+
+def test_two_ranks_give_what_one_process_gives_for_a_split_scene_and_a_list(tmp_path):
+    big = scene_with_holes(tmp_path / "big.tif", 260, 170)
+    small = [write_tif(tmp_path / f"s{i}.tif", random_rgb(60 + 20 * i, 90, seed=10 + i))
+             for i in range(3)]  # fmt: skip
+    texts = ["red", "green"]
+    options = dict(chip=48, overlap=16, probabilities="{dir}/{stem}-p.tif")
+    results = {}
+    for name, world in (("one", 1), ("two", 2)):
+        out = tmp_path / name
+        out.mkdir()
+        opts = {**options, "probabilities": str(out / "{stem}-p.tif")}
+        task = {"scenes": [str(big), *map(str, small)], "texts": texts,
+                "outputs": [str(out / "{stem}.tif"), str(out / "{stem}.gpkg")],
+                "options": opts, "batch": {"split_above": 0.04}}  # fmt: skip
+        if world == 1:
+            result = segment_many(task["scenes"], texts, task["outputs"], model=Model(),
+                                  batch=BatchOptions(split_above=0.04), **opts)  # fmt: skip
+            results[name] = result.to_dict()
+        else:
+            codes, answers = run_ranks(tmp_path, task)
+            assert codes == [0, 0], answers
+            assert answers[0][1] == ["done"] * 4
+            results[name] = answers[0][2]
+    two = results["two"]
+    assert two["world_size"] == 2
+    big_row = two["scenes"][0]
+    assert big_row["parts"] == 2 and big_row["rank"] == [0, 1]  # 44,200 px > 0.04 Mpx: split
+    assert {r["rank"] for r in two["scenes"][1:]} == {0, 1}  # the list is spread
+    for stem in ("big", "s0", "s1", "s2"):
+        for suffix in (".tif", "-p.tif"):
+            a, b = tmp_path / "one" / f"{stem}{suffix}", tmp_path / "two" / f"{stem}{suffix}"
+            assert np.array_equal(read(a), read(b)), (stem, suffix)
+        one, two = tmp_path / "one" / f"{stem}.gpkg", tmp_path / "two" / f"{stem}.gpkg"
+        assert polygons(one) == polygons(two)
+    assert not list((tmp_path / "two").glob(".*"))
+
+
+def test_ranks_given_different_inputs_fail_clearly_instead_of_hanging(tmp_path):
+    a = write_tif(tmp_path / "a.tif", random_rgb(40, 40))
+    b = write_tif(tmp_path / "b.tif", random_rgb(40, 40, seed=1))
+    out = tmp_path / "out"
+    out.mkdir()
+    task = {"scenes": [[str(a), str(b)], [str(a)]], "per_rank_scenes": True, "texts": ["red"],
+            "outputs": [str(out / "{stem}.gpkg")],
+            "options": {"chip": 32, "overlap": 8}}  # fmt: skip
+    codes, answers = run_ranks(tmp_path, task, timeout=90)
+    assert codes == [1, 1]
+    for rank in (0, 1):
+        assert answers[rank][0] == "error"
+        assert "ranks disagree on the inputs" in answers[rank][1]
+
+
+def test_sigterm_on_every_rank_exits_130_and_leaves_no_part_file(tmp_path):
+    big = write_tif(tmp_path / "big.tif", random_rgb(400, 200, seed=3))
+    out = tmp_path / "out"
+    out.mkdir()
+    task = {"scenes": [str(big)], "texts": ["red"], "slow": True,
+            "outputs": [str(out / "{stem}.tif"), str(out / "{stem}.gpkg")],
+            "options": {"chip": 48, "overlap": 16}, "batch": {"split_scene": True}}  # fmt: skip
+    codes, answers = run_ranks(tmp_path, task)
+    assert codes == [130, 130], answers
+    assert sorted(os.listdir(out)) == []  # no output, no part file, no job folder

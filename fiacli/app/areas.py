@@ -83,6 +83,7 @@ MAX_UPSCALE = 8.0  # a tiny feature is enlarged at most this much (then centred,
 COARSE_CELL = 16  # pixels a cell of the polygon mask that skips chips of large features
 MASK_BELOW = 0.8  # ... made only when the polygon covers less than this share of its window
 STRIP = 1024  # rows of a large feature's results brought back at a time
+DENSE_SHARE = 0.25  # rasters whose AOIs touch at least this share of the tiles get overviews
 RESERVED = ("aoi_id", "expression", "area_m2", "pixels", "mean_prob", "geometry")
 PathLike = str | os.PathLike[str]
 
@@ -332,6 +333,7 @@ class _Composite:
             nodata=255 if kind == "mask" else None, tiled=True, blockxsize=TILE,
             blockysize=TILE, SPARSE_OK=True, BIGTIFF="IF_SAFER",
         )  # fmt: skip
+        self.tiles: set[tuple[int, int]] = set()  # (row, column) of the tiles written to
 
     def add(self, window: PixelWindow, data: np.ndarray, keep: np.ndarray) -> None:
         """Merge ``data`` (bands, h, w) where ``keep`` (h, w), at scene-grid ``window``."""
@@ -349,39 +351,46 @@ class _Composite:
             coverage = np.where(keep | covered, np.uint8(255), np.uint8(0))
             merged = np.concatenate([np.where(keep, probs, cur[:-1]), coverage[None]])
         self.ds.write(merged.astype(np.uint8), window=win)
+        rows = range(int(win.row_off) // TILE, (int(win.row_off) + window.height - 1) // TILE + 1)
+        cols = range(int(win.col_off) // TILE, (int(win.col_off) + window.width - 1) // TILE + 1)
+        self.tiles.update((r, c) for r in rows for c in cols)
 
     def finish(self, path: Path, descriptions: Sequence[str], tags: dict[str, str], *,
                overviews: bool) -> None:  # fmt: skip
-        """Write the final GeoTIFF at ``path``: DEFLATE tiles, empty ones left out."""
+        """Write the final GeoTIFF at ``path``: DEFLATE tiles, only those written to (the rest,
+        and their overviews, are sparse: no bytes in the file, nodata when read)."""
         self.ds.close()
         profile = dict(driver="GTiff", width=self.out.width, height=self.out.height,
                        count=self.count, dtype="uint8", crs=self.crs, transform=self.transform,
                        nodata=255 if self.kind == "mask" else None, tiled=True,
                        blockxsize=TILE, blockysize=TILE, compress="deflate", predictor=2,
                        SPARSE_OK=True, BIGTIFF="IF_SAFER")  # fmt: skip
-        with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True), rasterio.open(self.ds.name) as src, \
-                rasterio.open(path, "w", **profile) as dst:  # fmt: skip
+        env = rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True, SPARSE_OK_OVERVIEW="ON")
+        with env, rasterio.open(self.ds.name) as src, rasterio.open(path, "w", **profile) as dst:
             for i, text in enumerate(descriptions, 1):
                 dst.set_band_description(i, text)
             dst.update_tags(**tags)
-            for row in range(0, self.out.height, TILE):
-                for col in range(0, self.out.width, TILE):
-                    win = Window(col, row, min(TILE, self.out.width - col),
-                                 min(TILE, self.out.height - row))  # fmt: skip
-                    block = src.read(window=win)
-                    if self.kind == "mask":
-                        if (block == 255).all():
-                            continue
-                        dst.write(block, window=win)
-                    else:
-                        if not block[-1].any():
-                            continue
-                        dst.write(block[:-1], window=win)
-                        dst.write_mask(block[-1], window=win)
+            for r, c in sorted(self.tiles):
+                row, col = r * TILE, c * TILE
+                win = Window(col, row, min(TILE, self.out.width - col),
+                             min(TILE, self.out.height - row))  # fmt: skip
+                block = src.read(window=win)
+                if self.kind == "mask":
+                    if (block == 255).all():
+                        continue
+                    dst.write(block, window=win)
+                else:
+                    if not block[-1].any():
+                        continue
+                    dst.write(block[:-1], window=win)
+                    dst.write_mask(block[-1], window=win)
             factors = []
             while max(self.out.width, self.out.height) / 2 ** (len(factors) + 1) >= TILE / 2:
                 factors.append(2 ** (len(factors) + 1))
-            if overviews and factors:
+            # a sparse raster needs none: a zoomed-out read skips its empty tiles, and computing
+            # them would scan the whole grid (seconds at 20,000², more than the AOIs cost)
+            total = -(-self.out.width // TILE) * -(-self.out.height // TILE)
+            if overviews and factors and len(self.tiles) >= DENSE_SHARE * total:
                 kind = Resampling.nearest if self.kind == "mask" else Resampling.average
                 dst.build_overviews(factors, kind)
 
@@ -503,7 +512,9 @@ class _Runner:
         texts = self.texts(area)
         mask_path = folder / "mask.tif"
         prob_path = folder / "prob.tif" if "prob" in self.composites else None
-        vec_path = folder / "polygons.gpkg" if self.want_vectors else None
+        # GeoParquet: the quickest of the formats to write and read back (a GeoPackage costs
+        # more than the chips of a small feature)
+        vec_path = folder / "polygons.parquet" if self.want_vectors else None
         sub = SegmentOptions.build(
             chip=opts.chip, overlap=opts.overlap, blend=opts.blend, batch_size=opts.batch_size,
             scope=opts.scope, threshold=opts.threshold, probabilities=prob_path,
@@ -606,10 +617,9 @@ class _Runner:
     def _vectors(self, k: int, area: Area, texts: list[str], path: Path) -> np.ndarray:
         """The feature's polygons cut to it, measured again, tagged; kept in memory."""
         import geopandas as gpd
-        import pyogrio
 
         opts = self.plan.options
-        frame = pyogrio.read_dataframe(path, layer="polygons")
+        frame = gpd.read_parquet(path)
         geoms = np.asarray(frame.geometry.values, dtype=object)
         cut = geoms.copy()
         if len(geoms):

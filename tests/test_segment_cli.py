@@ -44,7 +44,7 @@ def test_segment_writes_outputs_and_json_summary(run_cli, oracle, scene, tmp_pat
     queries = tmp_path / "q.txt"
     queries.write_text("# one per line\nthe blue thing\n\n")
     out = tmp_path / "o.gpkg"
-    r = run_cli("segment", str(scene), "the red thing", "-e", "the green thing",
+    r = run_cli("segment", str(scene), "-e", "the red thing", "-e", "the green thing",
                 "--expressions", str(queries), "-m", "model.safetensors", "-o", str(out),
                 "-o", str(tmp_path / "o.tif"), "--probabilities", str(tmp_path / "p.tif"),
                 "--chip", "32", "--overlap", "8", "--blend", "crop", "--batch-size", "2",

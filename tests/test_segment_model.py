@@ -37,7 +37,7 @@ def tiny64(tmp_path_factory):
 def test_cli_with_a_real_checkpoint(run_cli, tiny64, tmp_path):
     scene = write_tif(tmp_path / "s.tif", random_rgb(100, 90))
     out = [str(tmp_path / n) for n in ("o.tif", "o.fgb", "p.tif")]
-    r = run_cli("segment", str(scene), "the white van on the left", "-e", "the road",
+    r = run_cli("segment", str(scene), "-e", "the white van on the left", "-e", "the road",
                 "-m", str(tiny64), "-o", out[0], "-o", out[1], "--probabilities", out[2],
                 "--device", "cpu", "--json")  # fmt: skip
     assert r.exit_code == 0, r.stderr

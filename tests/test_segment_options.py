@@ -9,6 +9,7 @@ import pytest
 import typer
 
 from fiacli.app.areas import AREA_FIELD_NAMES, AreaOptions
+from fiacli.app.batch import BATCH_FIELD_NAMES
 from fiacli.app.segment_options import FIELD_NAMES, SegmentOptions, preflight
 from fiacli.cli import app
 from fiacli.core.errors import UsageError
@@ -16,6 +17,7 @@ from fiacli.core.errors import UsageError
 # What a run is given besides its options: the inputs, the model and how to print.
 RUN_INPUTS = {"scene", "expression", "expressions", "expressions_file", "model", "demo", "output",
               "device", "precision", "as_json"}  # fmt: skip
+RUN_INPUTS |= set(BATCH_FIELD_NAMES)  # how many scenes and how to spread them (test_batch_cli.py)
 
 
 def _segment_params() -> set[str]:

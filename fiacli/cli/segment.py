@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -35,7 +35,16 @@ HELP = (
     "-m: a checkpoint, or a name from `fiacli models`; without it, the bundled demo model "
     "(trained on synthetic scenes only; say so on stderr). --demo segments the bundled demo "
     "scene (a synthetic 2,048² px GeoTIFF): every positional argument is then an expression, "
-    "the demo expression when none is given."
+    "the demo expression when none is given.\n\n"
+    "Several scenes: with -e/--expressions every positional argument is a scene (globs too), "
+    "--input-list adds a file of them; -o takes a template ('out/{stem}.gpkg', {name}, "
+    "{parent}) or a folder (-o out/ with --format). The model loads once; each scene gets its "
+    "outputs and manifest, a failed scene does not stop the others (exit code 1 names them), "
+    "finished scenes are skipped when run again (-f redoes them), and a table and a run "
+    "manifest (fiacli-run.json) sum it up. Under torchrun the scenes are spread over the "
+    "ranks, and scenes above --split-above megapixels (or all, with --split-scene) are cut "
+    "into bands, one per rank, and assembled by rank 0. --mosaic: the inputs are tiles of one "
+    "scene (a VRT is written beside the outputs), blended across their seams."
 )
 
 
@@ -67,6 +76,32 @@ def _read_expressions(positional: list[str] | None, repeated: list[str] | None,
     return texts
 
 
+def _segment_batch(scenes: list[str], texts: list[str], params: dict[str, Any],
+                   batch: Any) -> None:  # fmt: skip
+    """Many scenes (fiacli.app.batch): a summary table; exit code 1 names the failed scenes."""
+    from fiacli.app.api import load_model
+    from fiacli.app.batch import run_command
+    from fiacli.app.segment_options import SegmentOptions
+    from fiacli.core.errors import FiacliError, UsageError
+
+    if params.get("aoi") or params.get("bbox"):
+        raise UsageError("--aoi/--bbox take one scene; give one scene, without -o templates")
+
+    def load(device: str, quiet: bool) -> Any:
+        return load_model(params["model"], device=device, precision=params["precision"],
+                          quiet=quiet)  # fmt: skip
+
+    result = run_command(
+        scenes, texts, params["output"], SegmentOptions.from_mapping(params), batch,
+        model=params["model"], device=params["device"], precision=params["precision"],
+        load=load, as_json=params["as_json"], inputs=[params["expressions_file"]],
+    )  # fmt: skip
+    if result.failed:
+        if result.rank == 0:
+            raise FiacliError(result.failure_line())
+        raise typer.Exit(1)  # rank 0 names them
+
+
 @command(
     "segment",
     help=HELP,
@@ -85,6 +120,10 @@ def _read_expressions(positional: list[str] | None, repeated: list[str] | None,
         "-m model.safetensors -o ship.tif --crop",
         "fiacli segment landsat.tif --expressions queries.txt --bands 4,3,2 --resolution 0.5 "
         "-m model.safetensors -o out.parquet --json",
+        "fiacli segment 'archive/*.tif' --input-list more.txt -e \"the storage tank\" "
+        "-m model.safetensors -o 'out/{stem}.gpkg'",
+        'torchrun --nproc_per_node 8 -m fiacli segment big.tif -e "the ship" -m model.safetensors '
+        "-o out/ --format gpkg,tif --split-scene",
     ),
 )
 def segment(
@@ -179,6 +218,40 @@ def segment(
         typer.Option(help="Accept a scene without CRS; outputs are in pixel coordinates."),
     ] = False,
     overwrite: Overwrite = False,
+    input_list: Annotated[
+        Path | None,
+        typer.Option(help="Text file: one scene (or glob) per line, # comments."),
+    ] = None,
+    output_format: Annotated[
+        str | None,
+        typer.Option(
+            "--format",
+            help="Files written per scene with -o FOLDER/, e.g. gpkg,tif. \\[default: gpkg]",
+        ),
+    ] = None,
+    fail_fast: Annotated[
+        bool, typer.Option("--fail-fast", help="Stop at the first scene that fails.")
+    ] = False,
+    split_scene: Annotated[
+        bool,
+        typer.Option(
+            "--split-scene", help="Under torchrun, cut every scene into bands, one per rank."
+        ),
+    ] = False,
+    split_above: Annotated[
+        float,
+        typer.Option(help="Under torchrun, cut scenes larger than this (megapixels) into bands."),
+    ] = 100.0,
+    mosaic: Annotated[
+        bool,
+        typer.Option("--mosaic", help="The scenes are tiles of one mosaic: segment them as one."),
+    ] = False,
+    run_manifest: Annotated[
+        Path | None,
+        typer.Option(
+            help="Where the run manifest goes. \\[default: fiacli-run.json beside the outputs]"
+        ),
+    ] = None,
     manifest: Annotated[
         bool,
         typer.Option(
@@ -244,6 +317,17 @@ def segment(
         scene, expression = _demo_arguments(scene, expression)
     elif scene is None:
         raise UsageError("no scene given: fiacli segment SCENE EXPRESSION (or --demo)")
+    if not demo:  # several scenes, globs, templates, torchrun …: fiacli.app.batch
+        from fiacli.app.batch import BatchOptions, wants_batch
+
+        batch = BatchOptions.from_mapping(params)
+        repeated = bool(expressions or expressions_file)  # then every positional is a scene
+        scenes = [scene, *(expression or [])] if repeated else [scene]
+        if wants_batch(scenes, output, SegmentOptions.from_mapping(params), batch):
+            texts = _read_expressions(None if repeated else expression, expressions,
+                                      expressions_file)  # fmt: skip
+            _segment_batch(scenes, texts, params, batch)
+            return
     given = _read_expressions(expression, expressions, expressions_file)
     if demo and not given:
         from fiacli.app.demo import DEMO_EXPRESSION

@@ -39,6 +39,7 @@ from typing import Any
 
 import numpy as np
 
+from fiacli.core.console import warn
 from fiacli.core.errors import FiacliError
 
 CHECK_TIMEOUT_S = float(os.environ.get("FIACLI_DIST_CHECK_TIMEOUT", 120))
@@ -122,7 +123,8 @@ class Cluster:
         return cls(info.rank, info.world_size, info.local_rank, owns)
 
     def device(self, device: str) -> str:
-        """The device this rank uses: its LOCAL_RANK GPU under torchrun, CPU stays CPU."""
+        """The device this rank uses: its LOCAL_RANK GPU under torchrun (with more ranks than
+        GPUs, ranks share them round-robin), CPU stays CPU."""
         if self.world <= 1 or device not in ("auto", "cuda"):
             return device
         import torch
@@ -132,13 +134,11 @@ class Cluster:
                 raise FiacliError("--device cuda was asked for, but no CUDA GPU is available")
             return "cpu"
         count = torch.cuda.device_count()
-        if self.local_rank >= count:
-            raise FiacliError(
-                f"rank {self.rank}: LOCAL_RANK {self.local_rank} but this node has {count} GPU(s); "
-                "start at most one process per GPU (--nproc_per_node)"
-            )
-        torch.cuda.set_device(self.local_rank)
-        return f"cuda:{self.local_rank}"
+        index = self.local_rank % count
+        if self.local_rank >= count and self.local_rank == count:
+            warn(f"more ranks than GPUs on this node ({count}): ranks share them")
+        torch.cuda.set_device(index)
+        return f"cuda:{index}"
 
     def gather(self, obj: Any, *, timeout: float | None = None, what: str = "exchange") -> list:
         """Every rank's JSON-able ``obj``, in rank order, on every rank (``[obj]`` alone)."""

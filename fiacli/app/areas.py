@@ -515,10 +515,12 @@ class _Runner:
         # GeoParquet: the quickest of the formats to write and read back (a GeoPackage costs
         # more than the chips of a small feature)
         vec_path = folder / "polygons.parquet" if self.want_vectors else None
+        # the run's own options, less what is done here for the whole run (outputs, clipping,
+        # measuring, reprojecting) and what the VRT already did (bands)
         sub = SegmentOptions.build(
-            chip=opts.chip, overlap=opts.overlap, blend=opts.blend, batch_size=opts.batch_size,
-            scope=opts.scope, threshold=opts.threshold, probabilities=prob_path,
-            open_px=round(opts.open_px * lay.scale), manifest=False, overwrite=True,
+            opts, probabilities=prob_path, preview=None, cog=False, min_area=0.0, simplify=0.0,
+            open_px=round(opts.open_px * lay.scale), dst_crs=None, bands=None,
+            allow_ungeoreferenced=False, overwrite=True, manifest=False,
         )  # fmt: skip
         outputs = [mask_path] + ([vec_path] if vec_path else [])
         result = segment_raster(vrt, texts, outputs, sub, predictor=self.predictor)

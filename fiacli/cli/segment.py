@@ -329,7 +329,7 @@ def segment(
             _segment_batch(scenes, texts, params, batch)
             return
     given = _read_expressions(expression, expressions, expressions_file)
-    if demo and not given:
+    if demo and not given and not expression_field:  # the AOIs may bring the expressions
         from fiacli.app.demo import DEMO_EXPRESSION
 
         given = [DEMO_EXPRESSION]

@@ -151,13 +151,42 @@ def test_a_split_scene_with_cog_outputs_and_min_area(tmp_path):
         assert ds.profile.get("tiled") and ds.overviews(1) == []  # small: COG without overviews
 
 
-def test_a_scene_that_cannot_be_split_exactly_runs_whole(tmp_path):
-    data = (random_rgb(120, 90, seed=2).astype(np.uint16) * 40).astype(np.uint16)
-    scene = write_tif(tmp_path / "s16.tif", data)
+@pytest.mark.parametrize("case", ["uint16", "resolution", "one band"])
+def test_stretched_resampled_or_grey_scenes_split_exactly_too(tmp_path, case):
+    rgb = random_rgb(230, 150, seed=2)
+    data, kw = rgb, {"chip": 48, "overlap": 16}
+    if case == "uint16":  # stretched with the statistics of the whole scene
+        data = rgb.astype(np.uint16) * 40 + 1000
+        data[:, 100:110, 20:60] = 0
+        kw["bands"] = "3,2,1"
+    elif case == "resolution":  # resampled on the fly
+        kw["resolution"] = 0.7
+    else:
+        data = rgb[:1]
+    scene = write_tif(tmp_path / "s.tif", data, nodata=0 if case == "uint16" else None)
+    one = tmp_path / "one"
+    one.mkdir()
+    segment_raster(scene, ["red", "blue"], [one / "x.tif", one / "x.gpkg"],
+                   predictor=Oracle(radius=2), probabilities=one / "p.tif", **kw)  # fmt: skip
+    out = tmp_path / "split"
+    out.mkdir()
+    result = segment_many([scene], ["red", "blue"], [out / "x.tif", out / "x.gpkg"], model=Model(),
+                          probabilities=out / "p.tif", batch=BatchOptions(split_scene=True),
+                          split_parts=3, **kw)  # fmt: skip
+    assert result.rows[0]["status"] == "done" and result.rows[0]["parts"] == 3, result.rows
+    assert_same_outputs(one, out)
+    man = json.loads((out / "x.manifest.json").read_text())
+    alone = json.loads((one / "x.manifest.json").read_text())
+    assert man["scene"] == alone["scene"]  # size, grid, bands, stretch
+
+
+def test_scene_scope_keeps_a_scene_whole(tmp_path):
+    scene = write_tif(tmp_path / "s.tif", random_rgb(120, 90, seed=2))
     out = tmp_path / "out"
     out.mkdir()
     result = segment_many([scene], ["red"], [out / "x.tif"], model=Model(), chip=48, overlap=16,
-                          batch=BatchOptions(split_scene=True), split_parts=2)  # fmt: skip
+                          scope="scene", batch=BatchOptions(split_scene=True),
+                          split_parts=2)  # fmt: skip
     assert result.rows[0]["status"] == "done" and "parts" not in result.rows[0]
 
 

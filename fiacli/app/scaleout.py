@@ -426,19 +426,58 @@ class JobProgress:
 
 
 def split_supported(options: Any, dtype: str) -> str | None:
-    """Why a scene cannot be split with ``options`` (None: it can)."""
+    """Why a scene cannot be split with ``options`` (None: it can). ``dtype``: the scene's
+    (non-uint8 scenes and ``--resolution`` are split too, through :func:`materialize`)."""
     from dataclasses import fields
 
     if options.scope == "scene":
         return "--scope scene looks at the whole scene at once"
-    if options.resolution is not None:
-        return "--resolution resamples the whole scene"
-    if dtype != "uint8":
-        return f"its {dtype} pixels are stretched with statistics of the whole scene"
     for f in fields(options):
         if f.name not in SPLIT_SAFE and getattr(options, f.name) != f.default:
             return f"--{f.name.replace('_', '-')} is not supported on split scenes"
     return None
+
+
+def _dtype(scene: str, options: Any) -> str:
+    """The type of the scene's pixels the model sees (uint8 ones are not stretched)."""
+    from fiacli.geo.raster import open_scene
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        probe = open_scene(scene, bands=options.bands, stretch=False,
+                           allow_ungeoreferenced=options.allow_ungeoreferenced)  # fmt: skip
+    with probe:
+        return str(probe.src.dtypes[probe.indexes[0] - 1])
+
+
+def materialize(scene: str, options: Any, r0: int, r1: int, path: Path) -> Path:
+    """Rows ``[r0, r1)`` of the scene exactly as the model sees them in one process (bands
+    chosen, resampled for ``--resolution``, stretched with the whole scene's statistics) as a
+    3-band uint8 GeoTIFF with their validity as its mask: a part that reads it gets the same
+    chips as the whole scene's run."""
+    import rasterio
+    from rasterio.windows import Window
+
+    from fiacli.geo.raster import open_scene
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        opened = open_scene(scene, bands=options.bands, resolution=options.resolution,
+                            allow_ungeoreferenced=options.allow_ungeoreferenced)  # fmt: skip
+    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
+    with opened as sc, rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with rasterio.open(tmp, "w", driver="GTiff", width=sc.width, height=r1 - r0, count=3,
+                           dtype="uint8", photometric="RGB", tiled=True, blockxsize=512,
+                           blockysize=512, BIGTIFF="IF_SAFER") as ds:  # fmt: skip
+            for a in range(r0, r1, READ_ROWS):
+                b = min(a + READ_ROWS, r1)
+                rgb, valid = sc.read(Window(0, a, sc.width, b - a))
+                window = Window(0, a - r0, sc.width, b - a)
+                ds.write(rgb, window=window)
+                ds.write_mask(valid.astype(np.uint8) * 255, window=window)
+    os.replace(tmp, path)
+    return path
 
 
 def _runs(row: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -502,12 +541,17 @@ def run_band(
             old["reused"] = True
             return old
     r0, r1 = band.read
-    vrt = write_vrt(stem.with_suffix(".vrt"), window_xml(scene, r0, r1 - r0))
     mask_path = Path(f"{stem}.mask.tif")
     prob_path = Path(f"{stem}.prob.tif") if (vectors or probabilities) else None
+    changes: dict[str, Any] = {}
+    if options.resolution is not None or _dtype(scene, options) != "uint8":
+        vrt = materialize(scene, options, r0, r1, Path(f"{stem}.rgb.tif"))
+        changes = {"bands": None, "resolution": None, "allow_ungeoreferenced": True}
+    else:  # the pixels as they are: a window of the file is enough
+        vrt = write_vrt(stem.with_suffix(".vrt"), window_xml(scene, r0, r1 - r0))
     part_options = SegmentOptions.build(
         options, chip=chip, overlap=overlap, probabilities=prob_path, preview=None, cog=False,
-        min_area=0.0, simplify=0.0, dst_crs=None, overwrite=True, manifest=False,
+        min_area=0.0, simplify=0.0, dst_crs=None, overwrite=True, manifest=False, **changes,
     )  # fmt: skip
     result = segment_raster(vrt, texts, [mask_path], part_options, predictor=predictor,
                             model_info=model_info)  # fmt: skip
@@ -545,7 +589,7 @@ def run_band(
 
         with warnings.catch_warnings():  # the scene's own georeferencing (the VRT's is shifted)
             warnings.simplefilter("ignore")
-            probe = open_scene(scene, stretch=False,
+            probe = open_scene(scene, stretch=False, resolution=options.resolution,
                                allow_ungeoreferenced=options.allow_ungeoreferenced)  # fmt: skip
         with probe:
             transform, crs = probe.transform, probe.crs
@@ -589,7 +633,7 @@ def run_band(
         seams_path.write_text(json.dumps(seam_rows))
         files.update(polygons=str(polygons_path), seams=str(seams_path))
     with contextlib.suppress(FileNotFoundError):
-        vrt.unlink()
+        vrt.unlink()  # the window VRT or the materialised rows
     record = {
         "key": key,
         "band": band.index,
@@ -732,7 +776,8 @@ def assemble(
     t0 = time.perf_counter()
     parts = sorted(parts, key=lambda p: p["band"])
     timings: dict[str, float] = {}
-    scene_args = {"bands": options.bands, "allow_ungeoreferenced": options.allow_ungeoreferenced}
+    scene_args = {"bands": options.bands, "resolution": options.resolution,
+                  "allow_ungeoreferenced": options.allow_ungeoreferenced}  # fmt: skip
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         opened = open_scene(scene, **scene_args)

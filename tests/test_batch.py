@@ -242,3 +242,16 @@ def test_render_templates():
     assert render("plain.gpkg", "a.tif") == Path("plain.gpkg")
     with pytest.raises(UsageError, match="template"):
         render("out/{date}.gpkg", "a.tif")
+
+
+def test_a_segmenter_segments_many_scenes(tmp_path):
+    from fiacli.app.api import Segmenter
+
+    paths = scenes(tmp_path / "in", SIZES[:2])
+    model = Segmenter(Oracle())
+    result = model.segment_many([str(tmp_path / "in" / "*.tif")], "red",
+                                tmp_path / "out" / "{stem}.gpkg", chip=48, overlap=16)  # fmt: skip
+    assert [r["status"] for r in result.rows] == ["done", "done"]
+    assert all((tmp_path / "out" / f"{p.stem}.gpkg").exists() for p in paths)
+    man = json.loads((tmp_path / "out" / "s0.manifest.json").read_text())
+    assert man["model"] == model.model_info

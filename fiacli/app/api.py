@@ -8,6 +8,7 @@
 
     segment("scene.tif", "the ship", "ship.gpkg", model="my-model")   # one call, model cached
     model.segment("scene.tif", "the van on the left", "vans.gpkg", aoi=parcels)  # per feature
+    model.segment_many(["a.tif", "tiles/*.tif"], "the ship", "out/{stem}.gpkg")  # a summary
     probs = model.predict(rgb, "the ship")   # one in-memory RGB image -> probability map
     parse("the white van on the left road")  # how the expression is read (fiacli.text.parsing)
 
@@ -28,6 +29,7 @@ import numpy as np
 
 from fiacli.app import pipeline
 from fiacli.app.areas import AREA_FIELD_NAMES, AreaOptions, AreaPlan, AreaResult, segment_areas
+from fiacli.app.batch import BatchOptions, BatchResult
 from fiacli.app.named_models import ResolvedModel, resolve_model
 from fiacli.app.pipeline import SegmentResult
 from fiacli.app.segment_options import SegmentOptions, clean_expressions
@@ -35,8 +37,8 @@ from fiacli.core.console import info
 from fiacli.core.errors import FiacliError
 from fiacli.text.parsing import parse
 
-__all__ = ["AreaOptions", "AreaResult", "Segmenter", "SegmentOptions", "SegmentResult",
-           "load_model", "parse", "segment"]  # fmt: skip
+__all__ = ["AreaOptions", "AreaResult", "BatchOptions", "BatchResult", "Segmenter",
+           "SegmentOptions", "SegmentResult", "load_model", "parse", "segment"]  # fmt: skip
 
 PathLike = str | os.PathLike[str]
 
@@ -102,6 +104,23 @@ class Segmenter:
             scene, expressions, output, options, predictor=self.predictor,
             model_info=self.model_info, show_progress=show_progress, **changes,
         )  # fmt: skip
+
+    def segment_many(
+        self,
+        scenes: Sequence[PathLike],
+        expressions: str | Sequence[str],
+        output: PathLike | Sequence[PathLike] | None = None,
+        options: SegmentOptions | None = None,
+        **kwargs: Any,
+    ) -> BatchResult:
+        """Segment every scene (globs too) with this model: one output set and manifest each,
+        ``output`` a template (``"out/{stem}.gpkg"``) or a folder; failed scenes are rows of
+        the result, complete ones are skipped. See :func:`fiacli.app.batch.segment_many`
+        (``batch=BatchOptions(...)``, the segment options as keywords); under torchrun the
+        scenes are spread over the ranks."""
+        from fiacli.app.batch import segment_many
+
+        return segment_many(scenes, expressions, output, options, model=self, **kwargs)
 
     def predict(self, image: np.ndarray, expression: str) -> np.ndarray:
         """Probability of the referred object for one RGB image in memory (``H×W×3`` or

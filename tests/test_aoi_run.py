@@ -440,3 +440,79 @@ def test_cli_warns_about_features_outside_and_repaired_ones(run_cli, oracle, two
     assert "AOI feature 1 lies outside the scene; skipped" in err
     assert "1 invalid AOI geometry repaired with make_valid" in err
     assert [a["id"] for a in json.loads(r.stdout)["areas"]] == [0, 2, 3]
+
+
+def test_nothing_found_still_writes_every_output_with_its_columns(two_squares, tmp_path):
+    scene, features = two_squares
+    out = [tmp_path / "o.gpkg", tmp_path / "o.parquet", tmp_path / "o.shp", tmp_path / "o.tif"]
+    result = segment_areas(scene, "the blue thing", out, aoi=features, keep_fields="name",
+                           predictor=Oracle(), preview=tmp_path / "o.png")  # fmt: skip
+    assert result.per_expression == [
+        {"expression": "the blue thing", "foreground_pixels": 0, "polygons": 0}]  # fmt: skip
+    for path in out[:3]:
+        frame = gpd.read_parquet(path) if path.suffix == ".parquet" else gpd.read_file(path)
+        assert len(frame) == 0 and {"aoi_id", "expression", "name"} <= set(frame.columns), path
+        assert frame.crs.to_epsg() == 32633
+    mask = read(out[3], 1)
+    assert set(np.unique(mask)) == {0, 255}
+
+
+def test_many_expressions_preview_one_colour_per_band(tmp_path):
+    from PIL import Image
+
+    scene = write_tif(tmp_path / "scene.tif", random_rgb(100, 700, seed=2))
+    texts = ["red one", "red two", "red three", "red four", "red five", "red six"]
+    features = aois(*[px_box(10 + 110 * k, 10, 100 + 110 * k, 90) for k in range(6)], q=texts)
+    segment_areas(scene, [], tmp_path / "o.gpkg", aoi=features, expression_field="q",
+                  predictor=Oracle(), preview=tmp_path / "o.png")  # fmt: skip
+    title = Image.open(tmp_path / "o.png").text["Title"]
+    assert title == "expression from field 'q' | areas of interest (6)"
+    segment_areas(scene, [], tmp_path / "few.gpkg", aoi=features.iloc[:2], expression_field="q",
+                  predictor=Oracle(), preview=tmp_path / "few.png")  # fmt: skip
+    title = Image.open(tmp_path / "few.png").text["Title"]
+    assert title == "red one | red two | areas of interest (2)"
+
+
+def test_a_16_bit_scene_is_shown_with_the_scene_wide_stretch(tmp_path):
+    from rasterio.windows import Window
+
+    from fiacli.geo.raster import open_scene
+
+    rng = np.random.default_rng(4)
+    data = (rng.random((3, 200, 200)) * 3000 + 500).astype(np.uint16)
+    data[:, :50] += 4000  # the stretch must come from the whole scene, not the AOI's window
+    scene = write_tif(tmp_path / "scene.tif", data)
+
+    class Seeing(Oracle):
+        def predict(self, chips, encoded):
+            self.seen = chips.copy()
+            return super().predict(chips, encoded)
+
+    model = Seeing()  # a 64 x 64 window at scale 1: the picture is the window itself
+    segment_areas(scene, "red", tmp_path / "o.tif", aoi=[px_box(100, 120, 164, 184)],
+                  predictor=model)  # fmt: skip
+    with open_scene(scene) as sc:
+        expected, _ = sc.read(Window(100, 120, 64, 64))
+    assert np.abs(model.seen[0].astype(int) - expected).max() <= 1
+
+
+def test_real_raster_with_nodata_and_a_lonlat_aoi(tmp_path):
+    from conftest import shared_path
+
+    scene = shared_path("rasters", "RGB.byte.tif")  # EPSG:32618, nodata 0 around the image
+    with rasterio.open(scene) as ds:
+        t, crs = ds.transform, ds.crs
+    corner = shapely.box(t.c + 20 * t.a, t.f + 220 * t.e, t.c + 220 * t.a, t.f + 20 * t.e)
+    inner = shapely.box(t.c + 300 * t.a, t.f + 450 * t.e, t.c + 420 * t.a, t.f + 330 * t.e)
+    utm = gpd.GeoDataFrame(geometry=[corner, inner], crs=crs)
+    runs = []
+    for k, frame in enumerate((utm, utm.to_crs("EPSG:4326"))):
+        out = tmp_path / f"o{k}.tif"
+        runs.append(segment_areas(scene, "red", out, aoi=frame, predictor=Oracle()))
+    assert np.array_equal(read(tmp_path / "o0.tif"), read(tmp_path / "o1.tif"))
+    assert [r["window"] for r in runs[0].areas] == [r["window"] for r in runs[1].areas]
+    a = read(tmp_path / "o0.tif")
+    with rasterio.open(scene) as ds:  # the scene's nodata corner stays nodata in the mask
+        valid = ds.read_masks(1, window=rasterio.windows.Window(20, 20, 200, 200)) > 0
+    mask = a[0, 20:220, 20:220]
+    assert (~valid).any() and (mask[~valid] == 255).all() and (mask[valid] != 255).mean() > 0.99

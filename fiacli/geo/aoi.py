@@ -32,8 +32,9 @@ from fiacli.core.errors import FiacliError, UsageError
 
 PathLike = str | os.PathLike[str]
 BBOX_ID = "bbox"
-# Reprojected edges are densified first, so that a straight edge in the AOI's CRS stays (nearly)
-# the same line in the scene's: each edge gets at most 1/DENSIFY of the feature's extent.
+# A --bbox in another CRS is a box of that CRS (e.g. lines of latitude and longitude): its edges
+# are densified before reprojection, each into DENSIFY pieces. Features are reprojected vertex by
+# vertex, as GDAL and geopandas do, so a feature reprojected back and forth is the same feature.
 DENSIFY = 64
 
 
@@ -182,7 +183,8 @@ def bbox_area(bbox: str | Sequence[float], *, scene_crs: Any, bbox_crs: Any = No
     geom = shapely.box(*parse_bbox(bbox))
     if bbox_crs is not None:
         src = _crs(bbox_crs, "--bbox-crs")
-        geom = _reproject(np.array([geom], dtype=object), np.ones(1, bool), src, scene_crs)[0]
+        one = np.array([geom], dtype=object)
+        geom = _reproject(one, np.ones(1, bool), src, scene_crs, densify=True)[0]
     return AreaSet([Area(BBOX_ID, geom)], [], "--bbox")
 
 
@@ -313,8 +315,10 @@ def _polygonal(geom: Any) -> Any:
     return None
 
 
-def _reproject(geoms: np.ndarray, keep: np.ndarray, src: Any, dst: Any) -> np.ndarray:
-    """Densified edges reprojected from ``src`` to ``dst`` (pyproj CRS or rasterio CRS)."""
+def _reproject(geoms: np.ndarray, keep: np.ndarray, src: Any, dst: Any, *,
+               densify: bool = False) -> np.ndarray:  # fmt: skip
+    """Geometries reprojected from ``src`` to ``dst`` (pyproj CRS or rasterio CRS), their edges
+    first cut into :data:`DENSIFY` pieces with ``densify``."""
     from pyproj import CRS, Transformer
 
     s = CRS.from_user_input(src)
@@ -323,9 +327,10 @@ def _reproject(geoms: np.ndarray, keep: np.ndarray, src: Any, dst: Any) -> np.nd
         return geoms
     out = geoms.copy()
     live = out[keep]
-    bounds = shapely.bounds(live)
-    extent = np.maximum(bounds[:, 2] - bounds[:, 0], bounds[:, 3] - bounds[:, 1])
-    live = shapely.segmentize(live, np.maximum(extent / DENSIFY, 1e-12))
+    if densify:
+        bounds = shapely.bounds(live)
+        extent = np.maximum(bounds[:, 2] - bounds[:, 0], bounds[:, 3] - bounds[:, 1])
+        live = shapely.segmentize(live, np.maximum(extent / DENSIFY, 1e-12))
     transformer = Transformer.from_crs(s, d, always_xy=True)
     try:
         live = shapely.transform(live, lambda xy: np.column_stack(transformer.transform(*xy.T)))

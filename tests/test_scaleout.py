@@ -134,9 +134,9 @@ def test_a_split_scene_equals_the_whole_scene(tmp_path, blend, overlap, open_px,
     assert not list(out.glob(".*"))  # parts and job folder removed
 
 
-def test_a_split_scene_with_cog_outputs_and_min_area(tmp_path):
+def test_a_split_scene_with_cog_outputs_min_area_reprojection_and_preview(tmp_path):
     scene = write_tif(tmp_path / "s.tif", random_rgb(200, 120, seed=4))
-    kw = dict(chip=48, overlap=16, cog=True, min_area=2.0, simplify=0.0)
+    kw = dict(chip=48, overlap=16, cog=True, min_area=2.0, dst_crs="EPSG:4326")
     (tmp_path / "one").mkdir()
     one = tmp_path / "one"
     segment_raster(scene, ["red"], [one / "x.tif", one / "x.gpkg"],
@@ -145,8 +145,14 @@ def test_a_split_scene_with_cog_outputs_and_min_area(tmp_path):
     out.mkdir()
     segment_many([scene], ["red"], [out / "x.tif", out / "x.gpkg"], model=Model(),
                  probabilities=out / "p.tif", batch=BatchOptions(split_scene=True), split_parts=3,
-                 **kw)  # fmt: skip
+                 preview=out / "x.png", **kw)  # fmt: skip
     assert_same_outputs(tmp_path / "one", out)
+    assert gpd.read_file(out / "x.gpkg").crs.to_epsg() == 4326
+    assert (out / "x.png").stat().st_size > 1000
+    again = segment_many([scene], ["red"], [out / "x.tif", out / "x.gpkg"], model=Model(),
+                         probabilities=out / "p.tif", batch=BatchOptions(split_scene=True),
+                         split_parts=3, preview=out / "x.png", threshold=0.4, **kw)  # fmt: skip
+    assert "already exists" in again.rows[0]["error"]  # refused before the parts run
     with rasterio.open(out / "x.tif") as ds:
         assert ds.profile.get("tiled") and ds.overviews(1) == []  # small: COG without overviews
 

@@ -631,7 +631,7 @@ class _Run:
                         records.append({**base, "status": "done", "result": result.to_dict()})
                     else:
                         h, w = probes[unit.job]["height"], probes[unit.job]["width"]
-                        plan = job.plan
+                        plan = plan_outputs(job.outputs, job.options)  # existing files: now
                         rec = run_band(
                             job.scene, self.texts, job.options, unit.band, height=h, width=w,
                             chip=chip, overlap=overlap,

@@ -255,8 +255,11 @@ def preflight_areas(
     kept = [k for k in kept if pixel_window(k.geometry, transform, width, height) is not None]
     if not kept:
         n = len(found.areas)
-        raise FiacliError(f"no area of interest overlaps {scene} ({found.source}: "
-                          f"{n} feature{'s' if n != 1 else ''}, all outside)")  # fmt: skip
+        foot = scene_footprint(transform, width, height).bounds
+        where = f"the scene covers {','.join(f'{v:.10g}' for v in foot)} in {crs.to_string()}"
+        what = ("the --bbox" if a.bbox is not None
+                else f"{found.source} ({n} feature{'s' if n != 1 else ''})")  # fmt: skip
+        raise FiacliError(f"{what} does not overlap {scene}: {where}")
     return AreaPlan(str(scene), texts, outputs, kept, found.notes + outside, options, a,
                     found.source)  # fmt: skip
 

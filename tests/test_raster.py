@@ -212,5 +212,5 @@ def test_row_writer_writes_rows_in_any_block_heights(tmp_path):
     w.close(overview_resampling=rasterio.enums.Resampling.nearest)
     with rasterio.open(tmp_path / "o.tif") as ds:
         assert np.array_equal(ds.read(), data)
-        assert ds.block_shapes[0] == (512, 512) and ds.compression.name == "deflate"
+        assert ds.block_shapes[0] == (512, 512) and ds.compression.name == "zstd"
         assert ds.overviews(1) == [2, 4] and ds.nodata == 255

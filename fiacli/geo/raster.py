@@ -9,6 +9,7 @@ whole row of 512-pixel tiles is complete, so every compressed tile is written ex
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import warnings
@@ -34,6 +35,10 @@ FILL_RGB = (124, 116, 104)
 STATS_PIXELS = 1 << 20
 STATS_PERCENTILES = (2.0, 98.0)
 TILE = 512
+# Compression of the rasters segment writes (chosen on bench/segment.py --only codecs figures:
+# ZSTD writes masks and probabilities several times faster than DEFLATE, and smaller).
+COMPRESS = "zstd"
+COMPRESS_LEVEL = 1
 
 
 def parse_bands(text: str | Sequence[int] | None) -> tuple[int, ...] | None:
@@ -162,6 +167,7 @@ class Scene:
     georeferenced: bool
     warnings: list[str] = field(default_factory=list)
     _valid_cache: bool | None = field(default=None, repr=False)
+    resolution: float | None = None  # the --resolution the WarpedVRT resamples to, if any
 
     @property
     def width(self) -> int:
@@ -229,6 +235,20 @@ class Scene:
             if self.stretch is None
             else {"lo": self.stretch.lo.tolist(), "hi": self.stretch.hi.tolist()},
         }
+
+    def clone(self) -> Scene:
+        """Another handle on the same scene, for another thread (a GDAL dataset handle must not
+        be used by two threads at once); same bands, stretch and resampling, no statistics
+        computed again. Close it when done."""
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            src = rasterio.open(self.path)
+        try:
+            dataset = src if self.resolution is None else _warped(src, self.resolution)
+        except BaseException:
+            src.close()
+            raise
+        return dataclasses.replace(self, src=src, dataset=dataset, warnings=[])
 
     def close(self) -> None:
         if self.dataset is not self.src:
@@ -312,7 +332,7 @@ def _prepare(
         if not georeferenced:
             raise FiacliError("--resolution needs a georeferenced scene")
         dataset = _warped(src, resolution)
-    return Scene(path, src, dataset, indexes, stretch, georeferenced, notes)
+    return Scene(path, src, dataset, indexes, stretch, georeferenced, notes, resolution=resolution)
 
 
 def _warped(src: Any, resolution: float) -> WarpedVRT:
@@ -356,10 +376,19 @@ class RasterRowWriter:
         descriptions: Sequence[str] = (),
         tags: dict[str, str] | None = None,
         internal_mask: bool = False,
+        threads: int = 1,
+        compress: str = COMPRESS,
+        level: int | None = COMPRESS_LEVEL,
     ) -> None:
         self.path = Path(path)
         self.width, self.height, self.count = width, height, count
         self.internal_mask = internal_mask
+        self.threads = threads
+        codec = {"compress": compress, "predictor": 2}
+        if level is not None:
+            codec["zstd_level" if compress.lower() == "zstd" else "zlevel"] = level
+        if threads > 1:  # GDAL compresses the tiles of a row on that many threads
+            codec["num_threads"] = threads
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
             self.ds = rasterio.open(
@@ -376,9 +405,8 @@ class RasterRowWriter:
                 tiled=True,
                 blockxsize=TILE,
                 blockysize=TILE,
-                compress="deflate",
-                predictor=2,
                 BIGTIFF="IF_SAFER",
+                **codec,
             )
         for i, text in enumerate(descriptions, 1):
             self.ds.set_band_description(i, text)
@@ -390,18 +418,27 @@ class RasterRowWriter:
         self.mbuf = np.empty((rows, -(-width // 8)), np.uint8) if internal_mask else None
         self.y0 = 0  # first row held in the buffer
         self.filled = 0
+        # The mask band is created at the first invalid pixel (the rows above it: all valid):
+        # a file without invalid pixels gets none, as GDAL reads it all valid anyway, and its
+        # overviews are computed 3x faster (same values).
+        self.mask_started = False
+        self.invalid_held = False  # the rows in the buffer hold an invalid pixel
 
-    def write(self, rows: np.ndarray, valid: np.ndarray | None = None) -> None:
-        """Append ``rows`` (count, h, width) directly below the previous ones."""
+    def write(self, rows: np.ndarray, valid: np.ndarray | None = None, *,
+              all_valid: bool = False) -> None:  # fmt: skip
+        """Append ``rows`` (count, h, width) directly below the previous ones (``valid``:
+        their mask band, ``all_valid``: all of it valid)."""
         done = 0
         while done < rows.shape[1]:
             end = min(self.y0 + TILE, self.height)
             take = min(rows.shape[1] - done, end - self.y0 - self.filled)
             self.buf[:, self.filled : self.filled + take] = rows[:, done : done + take]
-            if self.mbuf is not None and valid is not None:
-                self.mbuf[self.filled : self.filled + take] = np.packbits(
-                    valid[done : done + take], axis=1
-                )
+            if self.mbuf is not None and all_valid:
+                self.mbuf[self.filled : self.filled + take] = 255
+            elif self.mbuf is not None and valid is not None:
+                part = valid[done : done + take]
+                self.mbuf[self.filled : self.filled + take] = np.packbits(part, axis=1)
+                self.invalid_held = self.invalid_held or not part.all()
             self.filled += take
             done += take
             if self.y0 + self.filled == end:
@@ -412,7 +449,13 @@ class RasterRowWriter:
             return
         window = Window(0, self.y0, self.width, self.filled)
         self.ds.write(self.buf[:, : self.filled], window=window)
-        if self.mbuf is not None:
+        if self.mbuf is not None and self.invalid_held and not self.mask_started:
+            full = np.full((min(64, self.height), self.width), 255, np.uint8)
+            for a in range(0, self.y0, 64):  # the rows written so far: all valid
+                b = min(a + 64, self.y0)
+                self.ds.write_mask(full[: b - a], window=Window(0, a, self.width, b - a))
+            self.mask_started = True
+        if self.mbuf is not None and self.mask_started:
             for a in range(0, self.filled, 64):
                 b = min(a + 64, self.filled)
                 bits = np.unpackbits(self.mbuf[a:b], axis=1, count=self.width)
@@ -421,6 +464,7 @@ class RasterRowWriter:
                 )
         self.y0 += self.filled
         self.filled = 0
+        self.invalid_held = False
 
     def close(self, *, overview_resampling: Resampling | None = None) -> None:
         """Write what is left, then add internal overviews down to one tile (if asked)."""
@@ -434,7 +478,8 @@ class RasterRowWriter:
             while max(self.width, self.height) / (2 ** (len(factors) + 1)) >= TILE / 2:
                 factors.append(2 ** (len(factors) + 1))
             if overview_resampling is not None and factors:
-                self.ds.build_overviews(factors, overview_resampling)
+                with rasterio.Env(GDAL_NUM_THREADS=str(max(1, self.threads))):
+                    self.ds.build_overviews(factors, overview_resampling)
         finally:
             self.ds.close()
 
@@ -444,7 +489,7 @@ class RasterRowWriter:
 
 
 def translate_to_cog(
-    src: str | os.PathLike[str], dst: str | os.PathLike[str], *, mask: bool
+    src: str | os.PathLike[str], dst: str | os.PathLike[str], *, mask: bool, threads: int = 1
 ) -> None:
     """Copy a finished GeoTIFF into a Cloud-Optimized GeoTIFF (overviews, tile order)."""
     from rasterio.shutil import copy
@@ -453,9 +498,11 @@ def translate_to_cog(
         str(src),
         str(dst),
         driver="COG",
-        compress="DEFLATE",
+        compress=COMPRESS.upper(),
+        level=str(COMPRESS_LEVEL),
         predictor="2",
         blocksize=TILE,
         overview_resampling="NEAREST" if mask else "AVERAGE",
+        num_threads=str(max(1, threads)),
         BIGTIFF="IF_SAFER",
     )

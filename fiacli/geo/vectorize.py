@@ -13,9 +13,13 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import queue
 import tempfile
+import time
 import warnings
+from collections import deque
 from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -55,6 +59,16 @@ class Regions:
     def __len__(self) -> int:
         return len(self.geometries)
 
+    def extend(self, other: Regions) -> None:
+        self.geometries += other.geometries
+        self.pixels += other.pixels
+        self.prob_sums += other.prob_sums
+
+    def resolve(self) -> Regions:
+        """Wait for the unions still running in a pool: then ``geometries`` are polygons."""
+        self.geometries = [g.result() if isinstance(g, Future) else g for g in self.geometries]
+        return self
+
 
 class _Open:
     """A region that touches the last row seen so far: its pieces wait for the next window."""
@@ -65,16 +79,74 @@ class _Open:
         self.pieces, self.pixels, self.prob, self.members = [piece], pixels, prob, [gid]
 
 
+@dataclass
+class _WindowShapes:
+    """What one window of rows gives, computed on its own (in a worker thread when pooled)."""
+
+    y0: int
+    n: int  # labels in the window
+    pixels: np.ndarray  # (n + 1,) pixels per label
+    probs: np.ndarray  # (n + 1,) probability sums per label
+    bottom: np.ndarray  # labels along the last row
+    first: np.ndarray  # (width,) labels of the first row
+    last: np.ndarray  # (width,) labels of the last row
+    pieces: np.ndarray  # polygons, pixel coordinates
+    values: np.ndarray  # their labels
+    closed: np.ndarray  # (len(pieces),) touches neither window edge: complete
+
+
+def _window_shapes(mask: np.ndarray, prob: np.ndarray, y0: int, first: bool) -> _WindowShapes:
+    """Label a window (4-connected, as GDAL) and polygonise it with rasterio."""
+    labels, n = ndimage.label(mask, structure=FOUR)
+    fg = labels[mask]  # counting over foreground only keeps the temporaries small
+    pixels = np.bincount(fg, minlength=n + 1)
+    probs = np.bincount(fg, weights=prob[mask], minlength=n + 1)
+    del fg
+    top = np.zeros(1, np.int32) if first else np.unique(labels[0])
+    bottom = np.unique(labels[-1])
+    edge = np.zeros(n + 1, bool)
+    edge[top] = True
+    edge[bottom] = True
+    shifted = Affine.translation(0, y0)
+    shapes = rasterio.features.shapes(labels, mask=labels > 0, connectivity=4, transform=shifted)
+    pieces, values = _polygons(shapes)
+    return _WindowShapes(y0, n, pixels, probs, bottom, labels[0].copy(), labels[-1].copy(),
+                         pieces, values, ~edge[values])  # fmt: skip
+
+
+def _timed(clock: Any, fn: Any, *args: Any) -> Any:
+    """``fn(*args)`` on a pool thread, its seconds added to ``clock`` (if any)."""
+    t0 = time.perf_counter()
+    try:
+        return fn(*args)
+    finally:
+        if clock is not None:
+            clock.add(busy=time.perf_counter() - t0, items=1)
+
+
+def _union(pieces: list[Any]) -> Any:
+    """One region from its pieces: they share whole pixel edges, so the union is one polygon;
+    simplify(0) drops the collinear vertices left where the seams were, as GDAL never writes
+    them."""
+    return shapely.simplify(shapely.union_all(pieces), 0)
+
+
 class StreamingVectorizer:
     """Feed mask rows top to bottom with :meth:`add_rows`; :meth:`finish` returns the regions.
 
     Rows are gathered into windows of about ``window_pixels`` so memory stays
-    ``O(window_pixels)`` whatever the scene size.
+    ``O(window_pixels)`` whatever the scene size. With a ``pool`` (a ThreadPoolExecutor),
+    windows are labelled and polygonised and the pieces of completed regions unioned on its
+    threads (the GIL is released for most of it) while the joining of windows stays in order:
+    :meth:`settle` does it, and the regions are the same, in the same order, as without.
     """
 
-    def __init__(self, width: int, *, window_pixels: int = 1 << 20, min_rows: int = 64) -> None:
+    def __init__(self, width: int, *, window_pixels: int = 1 << 20, min_rows: int = 64,
+                 pool: Any = None, clock: Any = None) -> None:  # fmt: skip
         self.width = width
+        self.clock = clock  # where the pool's seconds are counted
         self.rows = max(min_rows, window_pixels // max(width, 1))
+        self.pool = pool
         self.mask = np.zeros((self.rows, width), bool)
         self.prob = np.zeros((self.rows, width), np.uint8)
         self.filled = 0
@@ -84,6 +156,9 @@ class StreamingVectorizer:
         self.open: dict[int, _Open] = {}  # root id -> region
         self.prev_row: np.ndarray | None = None  # global ids along the last row seen
         self.next_id = 1
+        self.windows: deque[Any] = deque()  # submitted, not yet joined (pooled)
+        self.submitted = 0  # windows handed out so far
+        self.merged = 0  # windows joined so far
 
     def add_rows(self, mask: np.ndarray, prob: np.ndarray | None = None) -> None:
         """``mask`` (h, width): foreground where == 1 (0 and 255-nodata are background)."""
@@ -100,15 +175,17 @@ class StreamingVectorizer:
 
     def finish(self) -> Regions:
         self._window()
+        self.settle()
         for root in list(self.open):
             self._close(root)
         return self.take()
 
-    def take(self) -> Regions:
+    def take(self, *, resolve: bool = True) -> Regions:
         """The regions closed so far, handed over and forgotten (streaming writers call this
-        as they go, so closed polygons never pile up in memory)."""
+        as they go, so closed polygons never pile up in memory). ``resolve=False``: unions
+        still running in the pool stay futures (:meth:`Regions.resolve` waits for them)."""
         out, self.out = self.out, Regions()
-        return out
+        return out.resolve() if resolve else out
 
     def _find(self, g: int) -> int:
         root = g
@@ -137,9 +214,8 @@ class StreamingVectorizer:
             del self.parent[g]
         geom = region.pieces[0]
         if len(region.pieces) > 1:
-            # pieces share whole pixel edges, so the union is one polygon; simplify(0) drops
-            # the collinear vertices left where the seams were, as GDAL never writes them
-            geom = shapely.simplify(shapely.union_all(region.pieces), 0)
+            geom = _union(region.pieces) if self.pool is None else (
+                self.pool.submit(_timed, self.clock, _union, region.pieces))  # fmt: skip
         self._emit(geom, region.pixels, region.prob)
 
     def _emit(self, geom: Any, pixels: int, prob: float) -> None:
@@ -151,46 +227,53 @@ class StreamingVectorizer:
         h = self.filled
         if h == 0:
             return
-        mask, y0 = self.mask[:h], self.y
-        labels, n = ndimage.label(mask, structure=FOUR)
-        fg = labels[mask]  # counting over foreground only keeps the temporaries small
-        pixels = np.bincount(fg, minlength=n + 1)
-        probs = np.bincount(fg, weights=self.prob[:h][mask], minlength=n + 1)
-        del fg
-        top = np.unique(labels[0]) if self.prev_row is not None else np.zeros(1, np.int32)
-        bottom = np.unique(labels[-1])
-        edge = np.zeros(n + 1, bool)
-        edge[top] = True
-        edge[bottom] = True
+        args = (self.mask[:h], self.prob[:h], self.y, self.y == 0)
+        self.y += h
+        self.filled = 0
+        self.submitted += 1
+        if self.pool is None:
+            self._join(_window_shapes(*args))
+            return
+        self.windows.append(self.pool.submit(_timed, self.clock, _window_shapes, *args))
+        self.mask = np.zeros((self.rows, self.width), bool)  # the job keeps the old ones
+        self.prob = np.zeros((self.rows, self.width), np.uint8)
+
+    def ready(self, upto: int) -> bool:
+        """Whether the windows before number ``upto`` are analysed (pooled)."""
+        k = upto - self.merged
+        return all(f.done() for f in list(self.windows)[: max(k, 0)])
+
+    def settle(self, upto: int | None = None) -> None:
+        """Join the analysed windows before number ``upto`` (all: None), in order."""
+        upto = self.submitted if upto is None else upto
+        while self.merged < upto and self.windows:
+            self._join(self.windows.popleft().result())
+
+    def _join(self, w: _WindowShapes) -> None:
+        """Add one window's pieces: complete ones out, the others joined across the seam."""
+        self.merged += 1
         base = self.next_id - 1  # global id = base + local label
-        self.next_id += n
-        shifted = Affine.translation(0, y0)
-        shapes = rasterio.features.shapes(
-            labels, mask=labels > 0, connectivity=4, transform=shifted
-        )
-        pieces, values = _polygons(shapes)
-        closed = ~edge[values]
-        self.out.geometries.extend(pieces[closed])
-        self.out.pixels.extend(pixels[values[closed]].tolist())
-        self.out.prob_sums.extend(probs[values[closed]].tolist())
-        for piece, label in zip(pieces[~closed], values[~closed].tolist(), strict=True):
+        self.next_id += w.n
+        closed = w.closed
+        self.out.geometries.extend(w.pieces[closed])
+        self.out.pixels.extend(w.pixels[w.values[closed]].tolist())
+        self.out.prob_sums.extend(w.probs[w.values[closed]].tolist())
+        for piece, label in zip(w.pieces[~closed], w.values[~closed].tolist(), strict=True):
             gid = base + label
             self.parent[gid] = gid
-            self.open[gid] = _Open(piece, int(pixels[label]), float(probs[label]), gid)
+            self.open[gid] = _Open(piece, int(w.pixels[label]), float(w.probs[label]), gid)
         if self.prev_row is not None:
-            first = labels[0]
+            first = w.first
             touch = (self.prev_row > 0) & (first > 0)
             if touch.any():
                 pairs = np.unique(np.stack([self.prev_row[touch], base + first[touch]]), axis=1)
                 for a, b in pairs.T:
                     self._union(int(a), int(b))
         # regions that do not reach the last row can grow no further
-        still_open = {self._find(base + int(lab)) for lab in bottom if lab}
+        still_open = {self._find(base + int(lab)) for lab in w.bottom if lab}
         for root in [r for r in self.open if r not in still_open]:
             self._close(root)
-        self.prev_row = np.where(labels[-1] > 0, base + labels[-1], 0).astype(np.int64)
-        self.y += h
-        self.filled = 0
+        self.prev_row = np.where(w.last > 0, base + w.last, 0).astype(np.int64)
 
 
 class RowOpening:
@@ -376,6 +459,18 @@ def write_vectors(frame: Any, path: str | os.PathLike[str], *, dst_crs: Any = No
         )
 
 
+_PYOGRIO_QUIET = False
+
+
+def _quiet_pyogrio_crs() -> None:
+    """Pixel-coordinate polygons (--allow-ungeoreferenced) have no CRS on purpose: silence
+    pyogrio's warning once for the process (``catch_warnings`` is not thread-safe)."""
+    global _PYOGRIO_QUIET
+    if not _PYOGRIO_QUIET:
+        warnings.filterwarnings("ignore", message=".*crs.* not provided", category=UserWarning)
+        _PYOGRIO_QUIET = True
+
+
 class PolygonWriter:
     """Polygons of several expressions, from mask rows streamed top to bottom, to any number of
     vector outputs, with memory for one batch of polygons whatever the scene holds.
@@ -400,17 +495,39 @@ class PolygonWriter:
         simplify: float = 0.0,
         batch_vertices: int | None = None,
         window_pixels: int = 1 << 20,
+        workers: int = 0,
+        flow: Any = None,
     ) -> None:
         self.expressions = list(expressions)
+        self.workers = workers
+        self.pool = None
+        if workers > 0:
+            self.pool = ThreadPoolExecutor(workers, thread_name_prefix="fiacli-polygonize")
+        if workers > 0 and flow is None:
+            from fiacli.geo.flow import Flow
+
+            flow = Flow()
+        self.flow = flow
+        pool_clock = flow.clock("polygonize", workers) if workers > 0 else None
         self.vectorizers = [
-            StreamingVectorizer(width, window_pixels=window_pixels) for _ in self.expressions
+            StreamingVectorizer(
+                width, window_pixels=window_pixels, pool=self.pool, clock=pool_clock
+            )  # fmt: skip
+            for _ in self.expressions
         ]
+        self.clock = flow.clock("vectorize", max(workers, 1)) if flow is not None else None
+        self.feed_clock = flow.clock("write") if flow is not None else None
+        self.spool_clock = flow.clock("spool") if flow is not None else None
+        self._queue: queue.Queue[Any] = queue.Queue(maxsize=4 * max(workers, 1))
+        self._closed: queue.Queue[Any] = queue.Queue(maxsize=4 * max(workers, 1))
+        self._threads: list[Any] = []
+        self._backlog = 2 * max(workers, 1)  # windows analysed ahead of the joining
         self.counts = [0] * len(self.expressions)
         self.frame_options = {"transform": transform, "crs": crs, "min_area": min_area,
                               "simplify": simplify}  # fmt: skip
         self.batch_vertices = SPOOL_VERTICES if batch_vertices is None else batch_vertices
         self.pending = 0  # vertices closed and not yet spooled, all expressions
-        self.seen = [0] * len(self.expressions)  # polygons of vec.out already counted
+        self.closed = [Regions() for _ in self.expressions]  # closed, not yet spooled
         self.in_memory: list[Any] | None = None  # the frames, when nothing had to be spooled
         self.in_memory_all: Any = None  # and all of them in one frame, written to every output
         fd, name = tempfile.mkstemp(prefix=".fiacli-polygons-", suffix=".gpkg", dir=folder)
@@ -423,26 +540,125 @@ class PolygonWriter:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        if any(t.is_alive() for t in self._threads):
+            self.flow.stop.set()
+            for thread in self._threads:
+                thread.join(timeout=60)
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
         for suffix in ("", "-journal", "-wal", "-shm"):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.spool + suffix)
 
     def add_rows(self, band: int, mask: np.ndarray, prob: np.ndarray | None = None) -> None:
-        """Mask rows ``(h, width)`` of expression ``band`` (see StreamingVectorizer.add_rows)."""
+        """Mask rows ``(h, width)`` of expression ``band`` (see StreamingVectorizer.add_rows).
+
+        With ``workers``, the rows (which must not change afterwards) are queued for the
+        vectorising thread and this returns at once; :meth:`drain` waits for them.
+        """
+        if self.pool is None:
+            vec = self.vectorizers[band]
+            vec.add_rows(mask, prob)
+            self._account(band, vec.take())
+            return
+        if not self._threads:
+            self._threads = [self.flow.spawn("vectorize", self._vectorize),
+                             self.flow.spawn("spool", self._spooler)]  # fmt: skip
+        self.flow.put(self._queue, (band, mask, prob), self.feed_clock)
+
+    def _vectorize(self) -> None:
+        """The vectorising thread: rows in, windows out to the pool, joined in order; what
+        each add_rows call closed goes on to the spooling thread, unions still running."""
+        from fiacli.geo.flow import END, POLL_S
+
+        events: deque[tuple[int, int]] = deque()  # (band, windows submitted) per add_rows call
+        clock = self.clock
+        while True:
+            if events and (self._ready(events[0]) or self._outstanding() >= self._backlog):
+                self._settle(*events.popleft())
+                continue
+            t0 = time.perf_counter()
+            try:
+                item = self._queue.get(timeout=0.005 if events else POLL_S)
+            except queue.Empty:
+                clock.add(wait_in=time.perf_counter() - t0)
+                self.flow.check()
+                continue
+            clock.add(wait_in=time.perf_counter() - t0)
+            if item is END:
+                break
+            t0 = time.perf_counter()
+            band, mask, prob = item
+            vec = self.vectorizers[band]
+            vec.add_rows(mask, prob)
+            events.append((band, vec.submitted))
+            clock.add(busy=time.perf_counter() - t0, items=1)
+        while events:
+            self._settle(*events.popleft())
+        self.flow.put(self._closed, END, clock)
+
+    def _ready(self, event: tuple[int, int]) -> bool:
+        band, upto = event
+        return self.vectorizers[band].ready(upto)
+
+    def _outstanding(self) -> int:
+        return sum(v.submitted - v.merged for v in self.vectorizers)
+
+    def _settle(self, band: int, upto: int) -> None:
+        t0 = time.perf_counter()
         vec = self.vectorizers[band]
-        vec.add_rows(mask, prob)
-        new = vec.out.geometries[self.seen[band] :]
-        if new:
-            self.pending += int(shapely.get_num_coordinates(new).sum())
-            self.seen[band] = len(vec.out)
+        vec.settle(upto)
+        chunk = vec.take(resolve=False)
+        self.clock.add(busy=time.perf_counter() - t0)
+        self.flow.put(self._closed, (band, chunk), self.clock)
+
+    def _spooler(self) -> None:
+        """The spooling thread: closed polygons in call order, counted, spooled by batches."""
+        from fiacli.geo.flow import END
+
+        while True:
+            item = self.flow.get(self._closed, self.spool_clock)
+            if item is END:
+                return
+            t0 = time.perf_counter()
+            band, chunk = item
+            self._account(band, chunk.resolve())
+            self.spool_clock.add(busy=time.perf_counter() - t0, items=1)
+
+    def drain(self) -> None:
+        """Wait until every row given to :meth:`add_rows` is vectorised (with ``workers``)."""
+        if not self._threads:
+            return
+        from fiacli.geo.flow import END
+
+        self.flow.put(self._queue, END)
+        for thread in self._threads:
+            while thread.is_alive():
+                self.flow.check()
+                thread.join(timeout=0.05)
+        self.flow.check()
+        self._threads = []
+
+    def _account(self, band: int, closed: Regions) -> None:
+        """The polygons ``band`` just closed: kept, and all of them spooled past the vertex
+        budget (the same batches whatever the number of threads)."""
+        if len(closed):
+            self.pending += int(shapely.get_num_coordinates(closed.geometries).sum())
+            self.closed[band].extend(closed)
         if self.pending >= self.batch_vertices:
-            for b, v in enumerate(self.vectorizers):
-                self._spool(b, self._frame(b, v.take()))
-            self.pending, self.seen = 0, [0] * len(self.vectorizers)
+            for b in range(len(self.vectorizers)):
+                self._spool(b, self._frame(b, self.closed[b]))
+                self.closed[b] = Regions()
+            self.pending = 0
 
     def finish(self) -> list[int]:
         """Close every region; returns the number of polygons kept per expression."""
-        frames = [self._frame(b, v.finish()) for b, v in enumerate(self.vectorizers)]
+        self.drain()
+        frames = []
+        for b, v in enumerate(self.vectorizers):
+            self.closed[b].extend(v.finish())
+            frames.append(self._frame(b, self.closed[b]))
+            self.closed[b] = Regions()
         if self.spooled:
             for band, frame in enumerate(frames):
                 self._spool(band, frame)
@@ -462,10 +678,16 @@ class PolygonWriter:
             return
         import pyogrio
 
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*crs.* not provided", category=UserWarning)
-            pyogrio.write_dataframe(frame, self.spool, layer="polygons", driver="GPKG",
-                                    append=self.spooled > 0, geometry_type="Polygon")  # fmt: skip
+        _quiet_pyogrio_crs()
+        pyogrio.write_dataframe(
+            frame,
+            self.spool,
+            layer="polygons",
+            driver="GPKG",
+            append=self.spooled > 0,
+            geometry_type="Polygon",
+            SPATIAL_INDEX="NO",
+        )  # the spool is read in order: no index
         self.counts[band] += len(frame)
         self.spooled += len(frame)
 

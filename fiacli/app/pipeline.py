@@ -29,6 +29,8 @@ import datetime as dt
 import errno
 import json
 import os
+import queue
+import sys
 import tempfile
 import time
 from collections.abc import Sequence
@@ -39,6 +41,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 import rasterio
 from rasterio.enums import Resampling
+from rich.progress import TextColumn
 from scipy import ndimage
 
 from fiacli import __version__
@@ -47,8 +50,9 @@ from fiacli.core.console import progress as rich_progress
 from fiacli.core.console import warn
 from fiacli.core.errors import FiacliError, UsageError
 from fiacli.core.io import atomic_output
+from fiacli.geo.flow import END, Flow
 from fiacli.geo.raster import FILL_RGB, RasterRowWriter, Scene, open_scene, translate_to_cog
-from fiacli.geo.tiling import ChipGrid, ChipReader, ChipWindow, RowStitcher
+from fiacli.geo.tiling import ChipGrid, ChipReader, ChipWindow, RowBlender
 from fiacli.geo.vectorize import PolygonWriter, RowOpening
 
 SCENE_MARGIN = 4  # coarse-pass pixels added around the region found in scene scope
@@ -58,6 +62,8 @@ SCENE_MARGIN = 4  # coarse-pass pixels added around the region found in scene sc
 GDAL_CACHE_BYTES = 16 * 2**20
 FLUSH_ROWS = 64  # rows thresholded at a time (bounds the temporaries)
 OVERLAP_SHARE = 0.2  # default overlap: 96 px of a 480-px chip
+CPU_BATCH = 4  # --batch-size auto without a CUDA device
+DEVICE_BLEND: bool | None = None  # None: blend on the device on CUDA (tests force it on CPU)
 
 
 @runtime_checkable
@@ -112,6 +118,8 @@ class SegmentResult:
     timings_s: dict[str, float]
     options: dict[str, Any]
     warnings: list[str] = field(default_factory=list)
+    # per stage of the streaming pass: threads, busy and waiting seconds (see fiacli.geo.flow)
+    stages: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -177,37 +185,45 @@ class _Sinks:
         self.need_prob = prob is not None or polygons is not None
         self.foreground = np.zeros(bands, np.int64)
         self.valid_pixels = 0
-        self.seconds = 0.0
 
-    def write(self, block: np.ndarray, *, last: bool) -> None:
-        """Consume final rows ``(bands, h, width)`` (NaN = nodata); ``block`` is overwritten."""
-        t0 = time.perf_counter()
+    def write(self, block: np.ndarray, valid: np.ndarray, all_valid: bool, *, last: bool) -> None:
+        """Consume final rows ``(bands, h, width)`` in [0, 1] and their validity ``(h, width)``
+        (``all_valid``: no invalid pixel); ``block`` is overwritten."""
         h = block.shape[1]
         for s in range(0, h, FLUSH_ROWS):
-            sub = block[:, s : s + FLUSH_ROWS]
-            valid = ~np.isnan(sub[0])
-            mask = np.greater(sub, self.threshold).view(np.uint8)  # NaN compares False
-            mask[:, ~valid] = 255
+            sub, ok = block[:, s : s + FLUSH_ROWS], valid[s : s + FLUSH_ROWS]
+            mask = np.greater(sub, self.threshold).view(np.uint8)
+            if not all_valid:
+                mask[:, ~ok] = 255
             prob = None
             if self.need_prob:  # in place: no float temporaries the size of the block
-                np.nan_to_num(sub, copy=False, nan=0.0)
                 np.rint(np.multiply(sub, 255, out=sub), out=sub)
                 prob = sub.astype(np.uint8)
-            if self.opening is None:
-                self._emit(mask, prob, valid)
-            else:
-                final = last and s + FLUSH_ROWS >= h
-                for m, p, v in self.opening.push(mask, prob, valid, last=final):
-                    self._emit(m, p, v)
-        self.seconds += time.perf_counter() - t0
+                if not all_valid:
+                    prob[:, ~ok] = 0
+            self.emit(mask, prob, ok, all_valid, last=last and s + FLUSH_ROWS >= h)
 
-    def _emit(self, mask: np.ndarray, prob: np.ndarray | None, valid: np.ndarray) -> None:
-        self.foreground += (mask == 1).sum(axis=(1, 2))
-        self.valid_pixels += int(valid.sum())
+    def emit(self, mask: np.ndarray, prob: np.ndarray | None, valid: np.ndarray,
+             all_valid: bool, *, last: bool) -> None:  # fmt: skip
+        """Consume thresholded rows: uint8 ``mask`` (1, 0, 255 nodata), ``prob`` (0-255)."""
+        if self.opening is None:
+            self._emit(mask, prob, valid, all_valid)
+            return
+        for m, p, v in self.opening.push(mask, prob, valid.copy(), last=last):
+            self._emit(m, p, v, all_valid and bool(v.all()))
+
+    def _emit(self, mask: np.ndarray, prob: np.ndarray | None, valid: np.ndarray,
+              all_valid: bool) -> None:  # fmt: skip
+        if all_valid:  # 0/1 only: counting nonzero is counting foreground
+            self.foreground += np.count_nonzero(mask, axis=(1, 2))
+            self.valid_pixels += valid.size
+        else:
+            self.foreground += np.count_nonzero(mask == 1, axis=(1, 2))
+            self.valid_pixels += int(np.count_nonzero(valid))
         if self.mask is not None:
             self.mask.write(mask)
         if self.prob is not None:
-            self.prob.write(prob, valid)
+            self.prob.write(prob, valid, all_valid=all_valid)
         if self.polygons is not None:
             for band in range(mask.shape[0]):
                 self.polygons.add_rows(band, mask[band], None if prob is None else prob[band])
@@ -286,6 +302,9 @@ def _run(scene: Scene, grid: ChipGrid, texts: list[str], outs: Outputs,
     t0 = time.perf_counter()
     encoded = [predictor.encode(t, drop_position=scope == "scene") for t in texts]
     timings["encode"] = time.perf_counter() - t0
+    threads = resolve_threads(opts.threads)
+    batch_size = resolve_batch_size(opts.batch_size, predictor, grid.chip, encoded[0])
+    flow = Flow()
 
     with contextlib.ExitStack() as stack:
         finals = outs.finals()
@@ -303,6 +322,7 @@ def _run(scene: Scene, grid: ChipGrid, texts: list[str], outs: Outputs,
                     width=grid.width, height=grid.height, count=n_bands,
                     transform=scene.transform, crs=scene.crs, descriptions=texts, tags=tags,
                     nodata=255 if kind == "mask" else None, internal_mask=kind != "mask",
+                    threads=threads,
                 )  # fmt: skip
                 stack.callback(w.abort)
                 writers[kind] = (w, tmp[path])
@@ -312,21 +332,34 @@ def _run(scene: Scene, grid: ChipGrid, texts: list[str], outs: Outputs,
             polygons = stack.enter_context(PolygonWriter(
                 grid.width, texts, finals[0].parent, transform=scene.transform, crs=scene.crs,
                 min_area=opts.min_area, simplify=opts.simplify,
+                workers=0 if threads == 1 else threads, flow=flow,
             ))  # fmt: skip
         sinks = _Sinks(
             n_bands, opts.threshold, writers.get("mask", (None,))[0],
             writers.get("probabilities", (None,))[0], polygons,
             RowOpening(opts.open_px) if opts.open_px > 0 else None,
         )  # fmt: skip
-        counts = _stream(scene, grid, predictor, encoded, regions, sinks, opts, timings,
-                         show_progress=show_progress)  # fmt: skip
+        stack.enter_context(flow)  # left first: every thread is joined before any cleanup
+        t0 = time.perf_counter()
+        stream = _Stream(scene, grid, predictor, encoded, regions, sinks, opts, threads=threads,
+                         batch_size=batch_size, flow=flow, show_progress=show_progress)  # fmt: skip
+        counts = stream.run()
+        if polygons is not None:
+            polygons.drain()  # the rows still queued for the vectoriser
+        stream_s = time.perf_counter() - t0
+        clocks = flow.clocks
+        timings.update(
+            read=clocks["read"].busy_s, wait_for_read=clocks["model"].wait_in_s,
+            model=clocks["model"].busy_s, stitch_and_write=clocks["write"].busy_s,
+            stream=stream_s,
+        )  # fmt: skip
 
         t0 = time.perf_counter()
         for kind, (w, final_tmp) in writers.items():
             resampling = Resampling.nearest if kind == "mask" else Resampling.average
             w.close(overview_resampling=None if scratch else resampling)
             if scratch:
-                translate_to_cog(w.path, final_tmp, mask=kind == "mask")
+                translate_to_cog(w.path, final_tmp, mask=kind == "mask", threads=threads)
         timings["finalize_rasters"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
@@ -358,67 +391,327 @@ def _run(scene: Scene, grid: ChipGrid, texts: list[str], outs: Outputs,
             timings_s={k: round(v, 4) for k, v in timings.items()},
             options=record,
             warnings=list(scene.warnings),
+            stages={
+                "threads": threads,
+                "batch_size": stream.batch_size,
+                "blend_on_device": stream.on_device,
+                **_stage_report(clocks, stream_s),
+            },
         )
         if outs.manifest is not None:
             _write_manifest(outs.manifest, result, model_info, overwrite=opts.overwrite)
     return result
 
 
-def _stream(scene: Scene, grid: ChipGrid, predictor: ChipPredictor, encoded: list[Any],
-            regions: list[SceneRegion | None], sinks: _Sinks, opts: SegmentOptions,
-            timings: dict[str, float], *, show_progress: bool) -> dict[str, int]:  # fmt: skip
-    """Read, predict, blend and emit rows, chip row after chip row."""
-    stitcher = RowStitcher(grid, len(encoded), opts.blend)  # type: ignore[arg-type]
-    counts = {"total": len(grid), "predicted": 0, "skipped_nodata": 0, "skipped_outside": 0}
-    model_s = stitch_s = 0.0
-    bar = rich_progress()
-    bar.disable = bar.disable or not show_progress
-    with bar, ChipReader(scene, grid, opts.batch_size) as reader:
-        task = bar.add_task("segmenting", total=len(grid))
-        for batch in reader:
-            # each expression runs on the chips with data (in scene scope: inside its region)
-            preds: list[dict[int, np.ndarray]] = []
-            for enc, region in zip(encoded, regions, strict=True):
-                wanted = [
-                    k for k, s in enumerate(batch.slot)
-                    if s >= 0 and (region is None or region.window(batch.chips[k]).any())
-                ]  # fmt: skip
-                out: dict[int, np.ndarray] = {}
-                if wanted:
-                    t0 = time.perf_counter()
-                    chips = batch.pixels[[batch.slot[k] for k in wanted]]
-                    p = np.asarray(predictor.predict(chips, enc))
-                    model_s += time.perf_counter() - t0
-                    if p.shape != (len(wanted), *chips.shape[2:]):
-                        raise FiacliError(
-                            f"the model returned {p.shape} for chips {chips.shape}; "
-                            "expected one probability map per chip, chip-sized"
-                        )
-                    out = dict(zip(wanted, p, strict=True))
-                preds.append(out)
+def _finite_unit(p: np.ndarray) -> np.ndarray:
+    """``p`` as float32 with NaN -> 0 and values clipped to [0, 1] (a copy only when needed)."""
+    p = np.asarray(p)
+    if p.dtype != np.float32:
+        p = p.astype(np.float32)
+    if p.size and not (p.min() >= 0 and p.max() <= 1):  # NaN fails both
+        if not p.flags.writeable:
+            p = p.copy()
+        np.nan_to_num(p, copy=False, nan=0.0)
+        np.clip(p, 0, 1, out=p)
+    return p
+
+
+def _is_cuda_oom(exc: BaseException) -> bool:
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(exc, torch.cuda.OutOfMemoryError)
+
+
+def _empty_device_cache() -> None:
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def resolve_threads(threads: int | None) -> int:
+    """``--threads``: None (or 0) means every CPU this process may use."""
+    if threads:
+        return int(threads)
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def resolve_batch_size(batch_size: int | str, predictor: Any, chip: int, encoded: Any) -> int:
+    """``--batch-size``: a number, or ``auto``: what the predictor says fits its device (the
+    largest batch that fits a CUDA device's memory), else :data:`CPU_BATCH`."""
+    if batch_size != "auto":
+        return int(batch_size)
+    choose = getattr(predictor, "auto_batch_size", None)
+    if callable(choose):
+        chosen = choose(chip, encoded)
+        if chosen:
+            return int(chosen)
+    return CPU_BATCH
+
+
+Item = tuple[Any, list[tuple[list[int], np.ndarray] | None]]  # a batch and its predictions
+
+
+def _device_blending(predictor: Any) -> bool:
+    """Blend and threshold on the model's device: a predictor whose own class can return
+    device tensors (``predict_tensor``), on CUDA (:data:`DEVICE_BLEND` forces it either way)."""
+    if not callable(getattr(type(predictor), "predict_tensor", None)):
+        return False  # wrappers that delegate by __getattr__ keep their own predict()
+    if DEVICE_BLEND is not None:
+        return DEVICE_BLEND
+    return getattr(getattr(predictor, "device", None), "type", None) == "cuda"
+
+
+class _Stream:
+    """One streaming pass over the scene, as stages: read -> model -> blend, threshold and
+    write -> vectorise (see the module docstring). ``threads == 1`` runs them one after the
+    other on the calling thread (the serial reference); more overlap them, each stage on its
+    own thread(s), joined by bounded queues: outputs are the same bit for bit. The model runs
+    on the calling thread, which owns the device; on CUDA it also blends and thresholds there
+    (:mod:`fiacli.app.device_stream`) and the writing thread only writes."""
+
+    def __init__(self, scene: Scene, grid: ChipGrid, predictor: ChipPredictor,
+                 encoded: list[Any], regions: list[SceneRegion | None], sinks: _Sinks,
+                 opts: SegmentOptions, *, threads: int, batch_size: int, flow: Flow,
+                 show_progress: bool) -> None:  # fmt: skip
+        self.scene, self.grid, self.predictor = scene, grid, predictor
+        self.encoded, self.regions, self.sinks, self.opts = encoded, regions, sinks, opts
+        self.threads, self.batch_size, self.flow = threads, batch_size, flow
+        self.show_progress = show_progress
+        self.counts = {"total": len(grid), "predicted": 0, "skipped_nodata": 0,
+                       "skipped_outside": 0}  # fmt: skip
+        self.model_clock = flow.clock("model")
+        self.write_clock = flow.clock("write")
+        self.halved = False
+        self.last_row = grid.shape[0] - 1
+        self.on_device = _device_blending(predictor)
+        if self.on_device:
+            from fiacli.app.device_stream import DeviceRows, Stager, TorchBlender, finite_unit
+
+            device = predictor.device  # type: ignore[attr-defined]
+            self.stage = Stager(device)
+            self.blender: RowBlender = TorchBlender(grid, len(encoded), opts.blend, device)
+            self.to_host = DeviceRows(float(opts.threshold), sinks.need_prob, device)
+            self.finite: Any = finite_unit
+            self.regions_on = [
+                None if r is None else _RegionOnDevice(r, device) for r in regions
+            ]  # fmt: skip
+        else:
+            self.blender = RowBlender(grid, len(encoded), opts.blend)  # type: ignore[arg-type]
+            self.finite = _finite_unit
+            self.regions_on = list(regions)
+
+    # -- the model: on the calling thread, which owns the device -------------------------------
+
+    def _predict(self, batch: Any, pixels: Any) -> list[tuple[list[int], Any] | None]:
+        """Each expression on the chips with data (in scene scope: inside its region)."""
+        out: list[tuple[list[int], Any] | None] = []
+        for enc, region in zip(self.encoded, self.regions, strict=True):
+            wanted = [
+                k for k, s in enumerate(batch.slot)
+                if s >= 0 and (region is None or region.window(batch.chips[k]).any())
+            ]  # fmt: skip
+            if not wanted:
+                out.append(None)
+                continue
+            slots = [batch.slot[k] for k in wanted]
+            chips = pixels if slots == list(range(len(pixels))) else pixels[slots]
+            p = self._model(chips, enc, [batch.chips[k] for k in wanted])
+            if tuple(p.shape) != (len(wanted), *chips.shape[2:]):
+                raise FiacliError(
+                    f"the model returned {tuple(p.shape)} for chips {tuple(chips.shape)}; "
+                    "expected one probability map per chip, chip-sized"
+                )
+            out.append((wanted, p))
+        return out
+
+    def _model(self, chips: Any, encoded: Any, windows: list[ChipWindow]) -> Any:
+        """``predict`` in calls of at most the batch size; a CUDA out-of-memory error halves
+        the batch size once (with a warning) and retries."""
+        parts, i = [], 0
+        while i < len(chips):
+            step = self.batch_size
             t0 = time.perf_counter()
-            for k, chip in enumerate(batch.chips):
-                probs = None
-                if batch.slot[k] < 0:
-                    counts["skipped_nodata"] += 1
+            try:
+                if self.on_device:
+                    p = self.predictor.predict_tensor(chips[i : i + step], encoded)  # type: ignore[attr-defined]
                 else:
-                    probs = np.zeros((len(encoded), chip.height, chip.width), np.float32)
-                    for e, region in enumerate(regions):
-                        if k in preds[e]:
-                            p = np.nan_to_num(preds[e][k][: chip.height, : chip.width])
-                            probs[e] = np.clip(p, 0, 1) * (
-                                1 if region is None else region.window(chip)
-                            )
-                    ran = any(k in pe for pe in preds)
-                    counts["predicted" if ran else "skipped_outside"] += 1
-                ready = stitcher.add(chip, probs, batch.valid[k])
-                if ready is not None:
-                    sinks.write(ready[1], last=chip.row == grid.shape[0] - 1)
-            stitch_s += time.perf_counter() - t0
-            bar.advance(task, len(batch.chips))
-    timings.update(read=reader.read_seconds, wait_for_read=reader.wait_seconds, model=model_s,
-                   stitch_and_write=stitch_s)  # fmt: skip
-    return counts
+                    p = np.asarray(self.predictor.predict(chips[i : i + step], encoded))
+            except Exception as exc:
+                if not _is_cuda_oom(exc):
+                    raise
+                first, last = windows[i], windows[min(i + step, len(windows)) - 1]
+                where = f"chips {first.row},{first.col} to {last.row},{last.col}"
+                if self.halved or step <= 1:
+                    raise FiacliError(
+                        f"CUDA out of memory at batch size {step} ({where}), even after halving "
+                        "it once; pass a smaller --batch-size or --precision bf16"
+                    ) from None
+                self.halved, self.batch_size = True, max(1, step // 2)
+                warn(f"CUDA out of memory at batch size {step} ({where}); "
+                     f"retrying at batch size {self.batch_size}")  # fmt: skip
+                _empty_device_cache()
+                continue
+            finally:
+                self.model_clock.add(busy=time.perf_counter() - t0)
+            parts.append(p)
+            i += len(p) if len(p) else step
+        if len(parts) == 1:
+            return parts[0]
+        return np.concatenate(parts) if isinstance(parts[0], np.ndarray) else _cat(parts)
+
+    # -- blending ------------------------------------------------------------------------------
+
+    def _blend(self, item: Item, emit: Any) -> None:
+        """Blend a batch's chips; ``emit(rows, valid, all_valid, last)`` gets each chip row
+        they complete (views that the next chip overwrites: use them at once)."""
+        batch, preds = item
+        arrays = []
+        for pred in preds:
+            if pred is None:
+                arrays.append(None)
+                continue
+            wanted, p = pred
+            arrays.append(({k: j for j, k in enumerate(wanted)}, self.finite(p)))
+        for k, chip in enumerate(batch.chips):
+            bands: list[Any] | None = None
+            if batch.slot[k] < 0:
+                self.counts["skipped_nodata"] += 1
+            else:
+                bands = []
+                for a, region in zip(arrays, self.regions_on, strict=True):
+                    j = None if a is None else a[0].get(k)
+                    if j is None:
+                        bands.append(None)
+                        continue
+                    p = a[1][j][: chip.height, : chip.width]
+                    bands.append(p if region is None else p * region.window(chip))
+                ran = any(b is not None for b in bands)
+                self.counts["predicted" if ran else "skipped_outside"] += 1
+            ready = self.blender.add(chip, bands, batch.valid[k], batch.all_valid[k])
+            if ready is not None:
+                _, rows, valid, all_valid = ready
+                emit(rows, valid, all_valid, chip.row == self.last_row)
+
+    def _consume(self, item: Any) -> None:
+        """The writing stage: a batch and its predictions (CPU), or finished rows (device)."""
+        t0 = time.perf_counter()
+        if self.on_device:
+            mask, prob, event, valid, all_valid, last = item
+            if event is not None:  # the copy back from the device has completed
+                event.synchronize()
+            mask = mask if isinstance(mask, np.ndarray) else mask.numpy()
+            prob = prob if prob is None or isinstance(prob, np.ndarray) else prob.numpy()
+            if not all_valid:
+                mask[:, ~valid] = 255
+                if prob is not None:
+                    prob[:, ~valid] = 0
+            h = mask.shape[1]
+            for s in range(0, h, FLUSH_ROWS):  # the chunks the CPU path emits
+                cut = slice(s, s + FLUSH_ROWS)
+                part = None if prob is None else prob[:, cut]
+                end = last and s + FLUSH_ROWS >= h
+                self.sinks.emit(mask[:, cut], part, valid[cut], all_valid, last=end)
+            self.write_clock.add(busy=time.perf_counter() - t0, items=1)
+            return
+        self._blend(item, lambda rows, valid, all_valid, last: self.sinks.write(
+            rows, valid, all_valid, last=last))  # fmt: skip
+        self.write_clock.add(busy=time.perf_counter() - t0, items=len(item[0].chips))
+
+    def _on_device(self, item: Item) -> list[Any]:
+        """Device mode, on the model's thread: blend there, start copying the rows back."""
+        t0 = time.perf_counter()
+        out = []
+
+        def emit(rows: Any, valid: np.ndarray, all_valid: bool, last: bool) -> None:
+            mask, prob, event = self.to_host(rows)  # new tensors: the next chip may overwrite
+            out.append((mask, prob, event, valid.copy(), all_valid, last))
+
+        self._blend(item, emit)
+        self.model_clock.add(busy=time.perf_counter() - t0)
+        return out
+
+    def _writer(self, q: queue.Queue[Any]) -> None:
+        while True:
+            item = self.flow.get(q, self.write_clock)
+            if item is END:
+                return
+            self._consume(item)
+
+    # -- the run -------------------------------------------------------------------------------
+
+    def run(self) -> dict[str, int]:
+        grid, flow = self.grid, self.flow
+        serial = self.threads == 1
+        bar = rich_progress(TextColumn("{task.fields[rate]}"))
+        bar.disable = bar.disable or not self.show_progress
+        pixels_per_chip = grid.height * grid.width / max(len(grid), 1)
+        depth = 2 if serial else max(3, self.threads)
+        reader = ChipReader(self.scene, grid, self.batch_size, depth,
+                            threads=0 if serial else self.threads, flow=flow)  # fmt: skip
+        q: queue.Queue[Any] = queue.Queue(maxsize=2)
+        writer = None
+        t_start = time.perf_counter()
+        with bar, reader:
+            task = bar.add_task("segmenting", total=len(grid), rate="")
+            if not serial:
+                writer = flow.spawn("write", self._writer, q)
+            done = 0
+            t0 = time.perf_counter()
+            for batch in reader:
+                self.model_clock.add(wait_in=time.perf_counter() - t0)
+                pixels = self.stage(batch.pixels) if self.on_device else batch.pixels
+                item = (batch, self._predict(batch, pixels))
+                items = self._on_device(item) if self.on_device else [item]
+                for it in items:
+                    if serial:
+                        self._consume(it)
+                    else:
+                        flow.put(q, it, self.model_clock)
+                done += len(batch.chips)
+                elapsed = max(time.perf_counter() - t_start, 1e-9)
+                rate = (f"{done / elapsed:,.0f} chips/s, "
+                        f"{done * pixels_per_chip / elapsed / 1e6:,.1f} Mpx/s")  # fmt: skip
+                bar.update(task, advance=len(batch.chips), rate=rate)
+                t0 = time.perf_counter()
+            self.model_clock.add(items=done)
+            if writer is not None:
+                flow.put(q, END, self.model_clock)
+                while writer.is_alive():
+                    flow.check()
+                    writer.join(timeout=0.05)
+                flow.check()
+        return self.counts
+
+
+class _RegionOnDevice:
+    """A :class:`SceneRegion` whose chip windows are bool tensors on the model's device."""
+
+    def __init__(self, region: SceneRegion, device: Any) -> None:
+        self.region, self.device = region, device
+
+    def window(self, chip: ChipWindow) -> Any:
+        import torch
+
+        return torch.from_numpy(self.region.window(chip)).to(self.device)
+
+
+def _cat(parts: list[Any]) -> Any:
+    import torch
+
+    return torch.cat(parts)
+
+
+def _stage_report(clocks: dict[str, Any], wall_s: float) -> dict[str, Any]:
+    """Per stage: threads, busy and waiting seconds; ``bound_by``: the stage busiest for its
+    threads (the one that sets the pace), ``wall_s``: the streaming pass end to end."""
+    per = {name: clock.as_dict() for name, clock in clocks.items()}
+    share = {n: c.busy_s / max(c.threads, 1) for n, c in clocks.items()}
+    busiest = max(share, key=share.__getitem__) if share else None
+    for name, item in per.items():
+        item["busy_share"] = round(share[name] / wall_s, 3) if wall_s > 0 else None
+    return {"wall_s": round(wall_s, 4), "bound_by": busiest, "stages": per}
 
 
 def _write_manifest(path: Path, result: SegmentResult, model_info: dict[str, Any] | None, *,

@@ -116,3 +116,21 @@ class RefSegPredictor:
             logits = self.model(image, encoded.features)
             probs = logits.float().softmax(dim=1)[:, 1]
         return probs.cpu().numpy().astype(np.float32, copy=False)
+
+    def predict_tensor(self, chips: torch.Tensor, encoded: EncodedExpression) -> torch.Tensor:
+        """:meth:`predict` for chips already on the device (``(B, 3, H, W)`` uint8 tensor):
+        the ``(B, H, W)`` float32 probabilities stay there (no copy back, no synchronisation),
+        for ``segment`` to blend and threshold on the device."""
+        with torch.inference_mode(), autocast(self.device, self.precision):
+            image = self.model.preprocess(chips)
+            logits = self.model(image, encoded.features)
+            return logits.float().softmax(dim=1)[:, 1]
+
+    def auto_batch_size(self, chip: int, encoded: EncodedExpression) -> int | None:
+        """``--batch-size auto``: the largest batch of ``chip``-pixel chips whose forward pass
+        fits in the free memory of a CUDA device (None on CPU: the pipeline's default)."""
+        if self.device.type != "cuda":
+            return None
+        from fiacli.app.device_stream import measure_batch_size
+
+        return measure_batch_size(self, chip, encoded)

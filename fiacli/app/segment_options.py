@@ -43,7 +43,7 @@ class SegmentOptions:
     chip: int | None = None
     overlap: int | None = None
     blend: Blend = "cosine"
-    batch_size: int = 4
+    batch_size: int | str = "auto"  # "auto": the most that fit a CUDA device, 4 on CPU
     bands: tuple[int, ...] | None = None
     resolution: float | None = None
     scope: Scope = "chip"
@@ -58,10 +58,21 @@ class SegmentOptions:
     allow_ungeoreferenced: bool = False
     overwrite: bool = False
     manifest: bool = True
+    threads: int | None = None  # reading, writing and vectorising threads; None: every CPU
 
     def __post_init__(self) -> None:
         # accept what a caller naturally has: "4,3,2" or a list for bands, str for paths
         object.__setattr__(self, "bands", parse_bands(self.bands))
+        size = self.batch_size
+        if isinstance(size, str) and size.strip().lower() != "auto":
+            try:
+                object.__setattr__(self, "batch_size", int(size))
+            except ValueError:
+                raise UsageError(
+                    f"--batch-size takes a number of chips or auto, not {size!r}"
+                ) from None
+        elif isinstance(size, str):
+            object.__setattr__(self, "batch_size", "auto")
         for name in ("probabilities", "preview"):
             value = getattr(self, name)
             if value is not None and not isinstance(value, Path):
@@ -87,8 +98,10 @@ class SegmentOptions:
 
     def check(self) -> None:
         """Refuse impossible values (usage errors, exit code 2)."""
-        if isinstance(self.batch_size, bool) or self.batch_size < 1:
-            raise UsageError("--batch-size must be at least 1")
+        if self.batch_size != "auto" and (isinstance(self.batch_size, bool) or self.batch_size < 1):
+            raise UsageError("--batch-size must be at least 1 (or auto)")
+        if self.threads is not None and (isinstance(self.threads, bool) or self.threads < 0):
+            raise UsageError("--threads must be at least 1 (0: every CPU)")
         if not 0.0 <= self.threshold < 1.0:  # NaN fails too
             raise UsageError("--threshold must be in [0, 1)")
         if self.scope not in SCOPES:
@@ -122,7 +135,7 @@ class SegmentOptions:
 
     def record(self) -> dict[str, Any]:
         """The options as the manifest stores them (what changes the result, not where it goes)."""
-        skip = ("overwrite", "manifest", "probabilities", "preview")
+        skip = ("overwrite", "manifest", "probabilities", "preview", "threads")
         out = {k: v for k, v in asdict(self).items() if k not in skip}
         out["bands"] = list(self.bands) if self.bands else None
         return out

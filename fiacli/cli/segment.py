@@ -192,7 +192,21 @@ def segment(
         Blend,
         typer.Option(help="cosine-weighted average, each chip's centre only, or plain mean."),
     ] = "cosine",
-    batch_size: Annotated[int, typer.Option(help="Chips per model call.")] = 4,
+    batch_size: Annotated[
+        str,
+        typer.Option(
+            help="Chips per model call, or auto: the most that fit a CUDA device's memory "
+            "(4 on CPU). On CUDA, out of memory halves it once, with a warning."
+        ),
+    ] = "auto",
+    threads: Annotated[
+        int | None,
+        typer.Option(
+            help="Threads for reading, writing and vectorising (1: every stage in turn on one "
+            "thread; outputs are the same). \\[default: every CPU]",
+            min=0,
+        ),
+    ] = None,
     device: Device = "auto",
     precision: Annotated[
         Precision, typer.Option(help="fp16 needs CUDA; bf16 works on CPU too.")

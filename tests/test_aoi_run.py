@@ -306,9 +306,6 @@ def test_the_api_takes_shapely_geometries_a_frame_or_a_file(two_squares, tmp_pat
 
 def test_preflight_errors_before_any_work(two_squares, tmp_path):
     scene, features = two_squares
-    with pytest.raises(UsageError, match="--resolution cannot be combined"):
-        segment_areas(scene, "red", tmp_path / "o.tif", aoi=features, resolution=1.0,
-                      predictor=Oracle())  # fmt: skip
     with pytest.raises(
         FiacliError,
         match=r"given geometries \(1 feature\) does not overlap .*"
@@ -520,3 +517,30 @@ def test_real_raster_with_nodata_and_a_lonlat_aoi(tmp_path):
         valid = ds.read_masks(1, window=rasterio.windows.Window(20, 20, 200, 200)) > 0
     mask = a[0, 20:220, 20:220]
     assert (~valid).any() and (mask[~valid] == 255).all() and (mask[valid] != 255).mean() > 0.99
+
+
+def test_resolution_resamples_the_grid_the_aois_are_cut_from(two_squares, tmp_path):
+    scene, features = two_squares  # 0.5 m pixels; at 1 m, A spans grid columns 10..70
+    out = [tmp_path / "o.tif", tmp_path / "o.gpkg"]
+    result = segment_areas(scene, "the red square on the left", out, aoi=features,
+                           resolution=1.0, predictor=Oracle(),
+                           preview=tmp_path / "o.png")  # fmt: skip
+    assert (tmp_path / "o.png").exists()
+    with rasterio.open(out[0]) as ds:
+        assert (ds.width, ds.height) == (200, 100)
+        assert ds.transform == rasterio.Affine(1, 0, T.c, 0, -1, T.f)
+        mask = ds.read(1)
+    assert result.areas[0]["window"] == [10, 20, 60, 60]
+    assert mask[47:53, 22:28].all() and not (mask[:, 150:160] == 1).any()
+    polygons = gpd.read_file(out[1])
+    assert list(polygons["aoi_id"]) == [0]
+    assert polygons.geometry.iloc[0].area == pytest.approx(100, rel=0.3)  # the 10 m square
+
+    rgb = np.zeros((3, 200, 600), np.uint8)
+    rgb[0] = 255
+    red = write_tif(tmp_path / "red.tif", rgb)
+    big = segment_areas(red, "red", tmp_path / "big.tif", aoi=[px_box(20, 20, 580, 180)],
+                        resolution=1.0, predictor=Oracle())  # fmt: skip
+    assert big.areas[0]["window"] == [10, 10, 280, 80]
+    assert big.areas[0]["picture"]["mode"] == "scene of its own"
+    assert (read(tmp_path / "big.tif", 1)[10:90, 10:290] == 1).all()

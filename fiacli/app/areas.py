@@ -23,7 +23,9 @@ The picture is a VRT over the scene (:func:`fiacli.geo.aoi.window_vrt`) handed t
 polygons are cut with the polygon and tagged with ``aoi_id`` and the ``keep_fields``; rasters
 cover the union of the AOIs in the scene's grid (255/masked elsewhere, written sparse) or, with
 ``crop``, only its bounding window. Where AOIs overlap, a pixel is the object if any says so.
-Only the windows of the AOIs are read and run.
+Only the windows of the AOIs are read and run. With ``resolution`` the scene's grid is the
+resampled one (:func:`fiacli.geo.raster.open_scene`): windows are cut from that grid, outputs
+are on it, and each VRT reads the source file at that resolution (bilinear).
 """
 
 from __future__ import annotations
@@ -66,6 +68,7 @@ from fiacli.geo.aoi import (
     Area,
     CoarseMask,
     PixelWindow,
+    Rect,
     bbox_area,
     clip_to_scene,
     load_areas,
@@ -226,9 +229,6 @@ def preflight_areas(
     area_options.check()
     if not area_options.active:
         raise UsageError("no area of interest given: pass --aoi FILE or --bbox")
-    if options.resolution is not None:
-        raise UsageError("--resolution cannot be combined with --aoi/--bbox; resample the scene "
-                         "first (gdalwarp -tr)")  # fmt: skip
     given = [expressions] if isinstance(expressions, str) else list(expressions)
     # with --expression-field, each feature brings its own: -e ones are then optional
     texts = clean_expressions(given) if given or not area_options.expression_field else []
@@ -237,7 +237,8 @@ def preflight_areas(
     refuse_overwriting_inputs(outputs.every(), [scene, aoi_file, *inputs])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        probe = open_scene(scene, bands=options.bands, stretch=False,
+        probe = open_scene(scene, bands=options.bands, resolution=options.resolution,
+                           stretch=False,
                            allow_ungeoreferenced=options.allow_ungeoreferenced)  # fmt: skip
     with probe:
         refuse_overwriting_inputs(outputs.every(), probe.src.files)
@@ -410,7 +411,7 @@ def run_areas(
     opts, outs = plan.options, plan.outputs
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    with open_scene(plan.scene, bands=opts.bands) as scene:
+    with open_scene(plan.scene, bands=opts.bands, resolution=opts.resolution) as scene:
         for note in [*scene.warnings, *plan.notes]:
             warn(note)
         chip = int(opts.chip or predictor.image_size)
@@ -457,9 +458,8 @@ class _Runner:
         self.scratch, self.out, self.chip = scratch, out, chip
         outs = plan.outputs
         self.source = _source_name(plan.scene)
-        self.masked = not all(
-            scene.dataset.mask_flag_enums[i - 1] == [MaskFlags.all_valid]
-            for i in set(scene.indexes)
+        self.masked = not all(  # the VRTs read the source file itself, not a WarpedVRT over it
+            scene.src.mask_flag_enums[i - 1] == [MaskFlags.all_valid] for i in set(scene.indexes)
         )
         st = scene.stretch
         self.stretch = None if st is None else (st.lo.tolist(), st.hi.tolist())
@@ -480,6 +480,17 @@ class _Runner:
         self.model_s = 0.0
         px = scene.transform
         self.pixel_area = abs(px.a * px.e - px.b * px.d)
+        # grid pixels -> source pixels: a scale (--resolution keeps origin and orientation)
+        self.resampled = scene.dataset is not scene.src
+        self.to_source = (~scene.src.transform @ scene.transform if self.resampled
+                          else Affine.identity())  # fmt: skip
+
+    def source_rect(self, win: PixelWindow) -> Rect:
+        """A window of the scene's grid in the source file's pixels (they differ with
+        --resolution: the grid is then the resampled one)."""
+        m = self.to_source
+        values = (win.col * m.a + m.c, win.row * m.e + m.f, win.width * m.a, win.height * m.e)
+        return Rect(*(round(v, 9) for v in values))  # no float noise on whole pixels
 
     def close(self) -> None:
         for comp in self.composites.values():
@@ -507,9 +518,11 @@ class _Runner:
         coarse = None if lay.fits else self._coarse_mask(folder, area, win, to_scene)
         vrt = folder / f"{Path(self.plan.scene).stem}-area-{k}.vrt"
         vrt.write_text(window_vrt(
-            self.source, crs_wkt=scene.crs.to_wkt(), indexes=scene.indexes, src=win,
+            self.source, crs_wkt=scene.crs.to_wkt(), indexes=scene.indexes,
+            src=self.source_rect(win),
             size=lay.picture, dst=lay.content, transform=transform, stretch=self.stretch,
-            resampling="bilinear" if lay.fits else "nearest", no_overviews=lay.fits,
+            resampling="bilinear" if lay.fits or self.resampled else "nearest",
+            no_overviews=lay.fits,
             source_masked=self.masked, coarse_mask=coarse,
         ), encoding="utf-8")  # fmt: skip
         texts = self.texts(area)
@@ -522,7 +535,7 @@ class _Runner:
         # measuring, reprojecting) and what the VRT already did (bands)
         sub = SegmentOptions.build(
             opts, probabilities=prob_path, preview=None, cog=False, min_area=0.0, simplify=0.0,
-            open_px=round(opts.open_px * lay.scale), dst_crs=None, bands=None,
+            open_px=round(opts.open_px * lay.scale), dst_crs=None, bands=None, resolution=None,
             allow_ungeoreferenced=False, overwrite=True, manifest=False,
         )  # fmt: skip
         outputs = [mask_path] + ([vec_path] if vec_path else [])
@@ -753,9 +766,11 @@ class _Runner:
         vrt = self.scratch / f"{Path(self.plan.scene).stem}.vrt"
         transform = self.scene.transform @ Affine.translation(union.col, union.row)
         vrt.write_text(window_vrt(
-            self.source, crs_wkt=self.scene.crs.to_wkt(), indexes=self.scene.indexes, src=union,
-            size=(union.width, union.height), dst=PixelWindow(0, 0, union.width, union.height),
-            transform=transform, stretch=self.stretch, source_masked=self.masked,
+            self.source, crs_wkt=self.scene.crs.to_wkt(), indexes=self.scene.indexes,
+            src=self.source_rect(union), size=(union.width, union.height),
+            dst=PixelWindow(0, 0, union.width, union.height), transform=transform,
+            stretch=self.stretch, source_masked=self.masked,
+            resampling="bilinear" if self.resampled else "nearest",
         ), encoding="utf-8")  # fmt: skip
         with open_scene(vrt) as view:
             write_scene_preview(path, view, [*frames, aois], labels)

@@ -408,6 +408,20 @@ def pixel_window(geom: Any, transform: Affine, width: int, height: int) -> Pixel
 
 
 @dataclass(frozen=True)
+class Rect:
+    """A window of a source raster in (fractional) pixels: a grid window in source pixels."""
+
+    col: float
+    row: float
+    width: float
+    height: float
+
+
+def _n(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else repr(float(value))
+
+
+@dataclass(frozen=True)
 class CoarseMask:
     """A small 0/255 GeoTIFF over a window, ``cell`` pixels a cell: where chips are needed."""
 
@@ -422,7 +436,7 @@ def window_vrt(
     *,
     crs_wkt: str,
     indexes: Sequence[int],
-    src: PixelWindow,
+    src: PixelWindow | Rect,
     size: tuple[int, int],
     dst: PixelWindow,
     transform: Affine,
@@ -449,7 +463,8 @@ def window_vrt(
     opts = ("<OpenOptions><OOI key=\"OVERVIEW_LEVEL\">NONE</OOI></OpenOptions>"
             if no_overviews else "")  # fmt: skip
     rects = (
-        f'<SrcRect xOff="{src.col}" yOff="{src.row}" xSize="{src.width}" ySize="{src.height}"/>'
+        f'<SrcRect xOff="{_n(src.col)}" yOff="{_n(src.row)}" xSize="{_n(src.width)}" '
+        f'ySize="{_n(src.height)}"/>'
         f'<DstRect xOff="{dst.col}" yOff="{dst.row}" xSize="{dst.width}" ySize="{dst.height}"/>'
     )
     head = f'<SourceFilename relativeToVRT="0">{name}</SourceFilename>{opts}'
@@ -501,6 +516,7 @@ __all__ = [
     "AreaSet",
     "CoarseMask",
     "PixelWindow",
+    "Rect",
     "bbox_area",
     "clip_to_scene",
     "load_areas",

@@ -96,10 +96,8 @@ def _segment_batch(scenes: list[str], texts: list[str], params: dict[str, Any],
         model=params["model"], device=params["device"], precision=params["precision"],
         load=load, as_json=params["as_json"], inputs=[params["expressions_file"]],
     )  # fmt: skip
-    if result.failed:
-        if result.rank == 0:
-            raise FiacliError(result.failure_line())
-        raise typer.Exit(1)  # rank 0 names them
+    if result.failed and result.rank == 0:  # the other ranks exit 0: torchrun then lets rank
+        raise FiacliError(result.failure_line())  # 0 finish, and its line is the job's error
 
 
 @command(

@@ -51,7 +51,7 @@ READ_ROWS = 512  # rows of a part read at a time during vectorising and assembly
 SPLIT_SAFE = {
     "chip", "overlap", "blend", "batch_size", "bands", "threshold", "probabilities", "preview",
     "cog", "min_area", "simplify", "open_px", "dst_crs", "allow_ungeoreferenced", "overwrite",
-    "manifest", "scope", "resolution",
+    "manifest", "scope", "resolution", "threads",
 }  # fmt: skip
 
 

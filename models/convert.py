@@ -500,7 +500,8 @@ def convert_checkpoint(
     suffix = Path(dst).suffix.lower()
     allowed = TARGET_SUFFIXES[to]
     if suffix not in allowed:
-        hint = " (a .pth is the released layout: --to released)" if to == "fiacli" else ""
+        pth = to == "fiacli" and suffix in (".pth", ".pt")
+        hint = " (a .pth is the released layout: --to released)" if pth else ""
         raise UsageError(f"--to {to} writes {' or '.join(allowed)}, not {Path(dst).name}{hint}")
     refuse_overwriting_inputs([dst], [src])
     check_output_path(dst, overwrite=overwrite)

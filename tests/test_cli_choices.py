@@ -41,8 +41,8 @@ def test_bad_choice_is_a_usage_error_listing_the_tuple(run_cli, args, option, ch
 
 
 def test_convert_dataset_ignores_case(run_cli, tmp_path):
-    result = run_cli("convert", str(tmp_path / "x.pth"), "-o", str(tmp_path / "y"), "--dataset",
-                     "RRSISD")  # fmt: skip
+    result = run_cli("convert", str(tmp_path / "x.pth"), "-o", str(tmp_path / "y.safetensors"),
+                     "--dataset", "RRSISD")  # fmt: skip
     assert result.exit_code == 1 and "not found" in result.stderr  # past option parsing
 
 

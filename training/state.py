@@ -123,6 +123,7 @@ def save_pair(
     state_path = run_dir / f"{name}.state.pt"
     tmp_w = run_dir / f".{name}.tmp-{os.getpid()}.safetensors"
     tmp_s = run_dir / f".{name}.state.tmp-{os.getpid()}.pt"
+    had_previous = weights.exists()
     try:
         write_weights(tmp_w, save_id)
         _fsync(tmp_w)
@@ -134,16 +135,15 @@ def save_pair(
             if state is not None:
                 os.replace(tmp_s, state_path)
     except Exception as exc:  # torch raises RuntimeError, safetensors its own error type
+        kept = "the previous checkpoint is unchanged" if had_previous else "nothing was saved"
         if is_disk_full(exc) or "disk full" in str(exc):
-            raise FiacliError(
-                f"disk full while saving {weights}; the previous checkpoint is unchanged"
-            ) from exc
+            raise FiacliError(f"disk full while saving {weights}; {kept}") from exc
         detail = " ".join(str(exc).split()) or type(exc).__name__
         if isinstance(exc, FiacliError):
             raise FiacliError(f"could not save {weights}: {detail}") from exc
         raise FiacliError(
             f"could not save {weights} (is the disk full, or over a file-size limit?): {detail}; "
-            "the previous checkpoint is unchanged"
+            f"{kept}"
         ) from exc
     finally:
         for tmp in (tmp_w, tmp_s):

@@ -82,6 +82,13 @@ def describe_unexpected(exc: BaseException, command: str) -> tuple[str, int]:
     if isinstance(exc, MemoryError) or "out of memory" in detail.lower():
         hint = "; try a smaller --batch-size or --chip" if "cuda" in detail.lower() else ""
         return f"out of memory in {command}{hint}: {detail}", 1
+    if type(exc).__module__.split(".")[0] in ("rasterio", "pyogrio", "fiona"):
+        from fiacli.geo.read_errors import exception_detail
+
+        detail = exception_detail(exc)
+        if "write" in detail.lower():  # libtiff's own reason (ENOSPC, EFBIG) never reaches here
+            detail += " (is the disk full, or the file over a file-size limit?)"
+        return f"GDAL failed in {command}: {detail}", 1
     if isinstance(exc, OSError) and exc.strerror:
         where = f": {exc.filename}" if exc.filename else ""
         return f"{exc.strerror}{where}", 1
@@ -131,9 +138,9 @@ class FiacliGroup(TyperGroup):
         """Click's main without its boxed usage errors: each is one ``error:`` line, exit 2."""
         argv = list(sys.argv[1:] if args is None else args)
         if not _debug_requested(args=argv):
-            # GDAL's default error handler prints "ERROR 1: …" on stderr, before fiacli's own
-            # line, for errors raised outside rasterio's handlers (a bad CRS): send it nowhere
-            os.environ.setdefault("CPL_LOG", os.devnull)
+            from fiacli.geo.read_errors import quiet_gdal_stderr
+
+            quiet_gdal_stderr()  # no "ERROR 1: …" or libtiff line before fiacli's own
         try:
             with signals_as_interrupts():
                 code = super().main(argv, prog_name, complete_var, standalone_mode=False, **extra)

@@ -331,3 +331,52 @@ __all__ = [
     "exception_detail",
     "gdal_warnings",
 ]
+
+
+# --------------------------------------------------------------------------- GDAL on stderr
+
+_QUIETED = False
+
+
+def _loaded_libtiffs() -> list[str]:
+    """Paths of the libtiff copies loaded in this process (rasterio's wheel bundles its own)."""
+    found: list[str] = []
+    try:
+        with open("/proc/self/maps", encoding="utf-8", errors="replace") as fh:
+            for line in fh:
+                path = line.rsplit(maxsplit=1)[-1] if "/" in line else ""
+                name = os.path.basename(path)
+                if name.startswith("libtiff") and ".so" in name and path not in found:
+                    found.append(path)
+    except OSError:  # not Linux: nothing to find this way
+        pass
+    return found
+
+
+def quiet_gdal_stderr() -> None:
+    """Keep GDAL and libtiff from printing on stderr before fiacli's own one-line error.
+
+    GDAL's default error handler prints "ERROR 1: …" for errors raised outside rasterio's
+    handlers (an unknown CRS): ``CPL_LOG`` sends it to the null device. libtiff's global
+    handlers print "_tiffWriteProc: No space left on device." straight to stderr; GDAL reports
+    the same error through its own per-file handler (rasterio turns it into the exception), so
+    the global ones are switched off. ``fiacli --debug`` skips this."""
+    global _QUIETED
+    if _QUIETED:
+        return
+    _QUIETED = True
+    os.environ.setdefault("CPL_LOG", os.devnull)
+    try:
+        import ctypes
+
+        import rasterio  # noqa: F401  (loads GDAL and its libtiff)
+
+        for path in _loaded_libtiffs():
+            lib = ctypes.CDLL(path)
+            for name in ("TIFFSetErrorHandler", "TIFFSetWarningHandler"):
+                setter = getattr(lib, name, None)
+                if setter is not None:
+                    setter.restype = ctypes.c_void_p
+                    setter(None)
+    except Exception:  # never let quieting messages break a command
+        pass

@@ -104,9 +104,8 @@ class TorchBlender(RowBlender):
 
 def finite_unit(p: torch.Tensor) -> torch.Tensor:
     """NaN -> 0, then clipped to [0, 1]: what the numpy path does (a no-op on valid maps)."""
-    p = p.float()
-    torch.nan_to_num_(p, nan=0.0)
-    return p.clamp_(0.0, 1.0)
+    return torch.nan_to_num(p.float(), nan=0.0).clamp(0.0, 1.0)  # new tensors: the model's
+    # maps may be inference tensors, which cannot be changed in place
 
 
 class DeviceRows:

@@ -428,9 +428,10 @@ UNIT_COLUMNS = 4096  # and about this many columns (bounded memory on wide scene
 def _unit_extent(block: int, length: int, target: int) -> int:
     """A multiple of ``block`` near ``target`` (``length`` when the block spans the scene; the
     target itself when the block is huge, as in a scene stored as one strip)."""
+    huge = block > max(2 * target, 2048)  # e.g. a scene stored as one strip: do not read it all
     if block >= length:
-        return length if target >= length or block <= 2 * target else target
-    if block > 2 * target:
+        return target if huge and target < length else length
+    if huge:
         return target
     return block * max(1, round(target / block))
 

@@ -145,6 +145,8 @@ def world(tmp_path_factory) -> Path:
             "num_workers": 0, "epochs": 1}  # fmt: skip
     (root / "tiny.yaml").write_text(yaml.safe_dump(tiny))
     (root / "long.yaml").write_text(yaml.safe_dump({**tiny, "epochs": 400, "log_every": 1}))
+    workers = {**tiny, "epochs": 400, "log_every": 1, "num_workers": 2}
+    (root / "workers.yaml").write_text(yaml.safe_dump(workers))
     held = root / "held"
     held.mkdir()
     (held / "last.safetensors").write_bytes(b"a run already here")
@@ -190,6 +192,7 @@ class Case:
     process: bool = False  # a real subprocess (signals, file-size limit)
     send: int | None = None  # signal sent once the command writes
     wait_for: str = ".*tmp-*"  # glob that says it writes
+    group: bool = False  # signal the whole process group (SLURM, kill -- -PGID), workers too
     fsize: int | None = None  # RLIMIT_FSIZE in bytes (EFBIG: a full disk)
     delay: float = 0.0  # seconds per oracle call in a subprocess
     check: Callable[[Path], None] | None = None
@@ -415,6 +418,11 @@ CASES = [
          143, r"interrupted \(SIGTERM\); saved a resumable checkpoint at step \d+", strict=False,
          process=True, send=signal.SIGTERM, wait_for="trun/last.safetensors", created=("trun/",),
          check=_resumable, marks=(slow,)),
+    Case("train-sigterm-to-workers",
+         ("train", "--config", "workers.yaml", "--data-root", "syn", "-o", "trun"), 143,
+         r"interrupted \(SIGTERM\); saved a resumable checkpoint", strict=False, process=True,
+         send=signal.SIGTERM, group=True, wait_for="trun/last.safetensors", created=("trun/",),
+         check=_resumable, marks=(slow,)),  # SLURM: the DataLoader workers get it too
     Case("train-file-size-limit",
          ("train", "--config", "tiny.yaml", "--data-root", "syn", "-o", "trun"), 1,
          "could not save|disk full", strict=False, process=True, fsize=60000, marks=(slow,)),
@@ -502,6 +510,7 @@ def _subprocess(case: Case, w: Path, site: Path) -> tuple[int, str]:
     proc = subprocess.Popen(
         [sys.executable, "-m", "fiacli", *case.args], cwd=w, env=env, stdout=subprocess.PIPE,
         stderr=subprocess.PIPE, text=True, preexec_fn=_limits(case.fsize),
+        start_new_session=case.group,
     )  # fmt: skip
     try:
         if case.send is not None:
@@ -511,7 +520,10 @@ def _subprocess(case: Case, w: Path, site: Path) -> tuple[int, str]:
                     out, err = proc.communicate()
                     pytest.fail(f"{case.id}: never started writing ({case.wait_for}): {err}")
                 time.sleep(0.02)
-            proc.send_signal(case.send)
+            if case.group:
+                os.killpg(proc.pid, case.send)
+            else:
+                proc.send_signal(case.send)
         _, err = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:

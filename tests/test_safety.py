@@ -243,3 +243,19 @@ def test_a_broken_pickle_is_one_error_with_a_reason(data, match):
     with pytest.raises(FiacliError, match=match) as info:
         safe_loads(data)
     assert "()" not in str(info.value)
+
+
+def test_a_signal_landing_in_a_finalizer_is_delivered_after_it():
+    """Python drops an exception raised in __del__ or a fork callback ("Exception ignored");
+    a SIGTERM landing there is sent again a moment later instead of being lost."""
+    import time
+
+    class Finalized:
+        def __del__(self):
+            signal.raise_signal(signal.SIGTERM)  # the handler runs inside __del__
+
+    with pytest.raises(Interrupted), signals_as_interrupts():
+        Finalized()  # collected at once
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            time.sleep(0.01)

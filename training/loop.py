@@ -25,7 +25,11 @@ from torch.utils.data import DataLoader
 
 from fiacli.core.console import info, warn
 from fiacli.core.errors import FiacliError, UsageError
-from fiacli.core.signals import deferred_signals, set_interrupt_note
+from fiacli.core.signals import (
+    deferred_signals,
+    ignore_terminating_signals,
+    set_interrupt_note,
+)
 from fiacli.training import distributed as dist_utils
 from fiacli.training.data_pipeline import RunData, build_run_data, model_inputs
 from fiacli.training.optim import (
@@ -280,6 +284,7 @@ class Trainer:
             collate_fn=self.data.collate,
             drop_last=True,
             generator=generator,
+            worker_init_fn=ignore_terminating_signals,  # the main process handles SIGTERM
             persistent_workers=False,
             pin_memory=self.device.type == "cuda",
         )

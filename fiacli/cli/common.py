@@ -89,6 +89,12 @@ def describe_unexpected(exc: BaseException, command: str) -> tuple[str, int]:
         if "write" in detail.lower():  # libtiff's own reason (ENOSPC, EFBIG) never reaches here
             detail += " (is the disk full, or the file over a file-size limit?)"
         return f"GDAL failed in {command}: {detail}", 1
+    if "DataLoader worker" in detail:  # killed by the OOM killer or a signal sent to it
+        return (
+            f"a data-loading worker of {command} died ({detail}); out of memory? "
+            "--num-workers 0 loads data in the main process",
+            1,
+        )
     if isinstance(exc, OSError) and exc.strerror:
         where = f": {exc.filename}" if exc.filename else ""
         return f"{exc.strerror}{where}", 1

@@ -13,6 +13,7 @@ command then exits with 128 + the signal number (143 for SIGTERM, 129 for SIGHUP
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import threading
 from collections.abc import Iterator
@@ -28,9 +29,15 @@ DEFERRED = (signal.SIGINT, *TERMINATING)
 class Interrupted(KeyboardInterrupt):
     """A terminating signal (SIGTERM, SIGHUP) received by a fiacli command."""
 
-    def __init__(self, signum: int) -> None:
-        self.signum = int(signum)
-        super().__init__(signal_name(self.signum))
+    def __init__(self, signum: int | str = signal.SIGTERM) -> None:
+        # a str when re-raised from elsewhere (torch re-raises a DataLoader worker's exception
+        # from its message): keep the message, assume SIGTERM
+        if isinstance(signum, int):
+            self.signum = int(signum)
+            super().__init__(signal_name(self.signum))
+        else:
+            self.signum = int(signal.SIGTERM)
+            super().__init__(str(signum))
 
     @property
     def exit_code(self) -> int:
@@ -69,16 +76,22 @@ def signals_as_interrupts() -> Iterator[None]:
     A signal that is ignored (``nohup`` ignores SIGHUP) stays ignored. After the first signal,
     further SIGTERM/SIGHUP are ignored, so a scheduler's repeated signal does not interrupt the
     cleanup it started (SIGKILL still ends everything; a second Ctrl-C still raises).
-    Outside the main thread this does nothing.
+    Processes forked from this one (DataLoader workers) inherit the handler; in them it ignores
+    the signal: SLURM signals every process of a job, and the main process shuts its workers
+    down itself. Outside the main thread this does nothing.
     """
     if not _main_thread():
         yield
         return
     fired = False
+    owner = os.getpid()
 
     def handler(signum: int, frame: FrameType | None) -> None:
         nonlocal fired
-        if fired:
+        if fired or os.getpid() != owner:
+            return
+        if _swallowing(frame):  # raised here, the exception would be printed and dropped
+            _resend_soon(signum)
             return
         fired = True
         raise Interrupted(signum)
@@ -95,6 +108,31 @@ def signals_as_interrupts() -> Iterator[None]:
     finally:
         for sig, old in previous.items():
             signal.signal(sig, old if old is not None else signal.SIG_DFL)
+
+
+# Python prints and drops an exception raised in these ("Exception ignored in …"): finalizers,
+# and the callbacks os.fork runs (a DataLoader starting its workers)
+_SWALLOWING_NAMES = frozenset(
+    {"__del__", "_releaseLock", "_acquireLock", "_after_at_fork_child_reinit_locks"}
+)
+_SWALLOWING_FILES = ("popen_fork.py", "weakref.py")
+
+
+def _swallowing(frame: FrameType | None, depth: int = 30) -> bool:
+    while frame is not None and depth > 0:
+        code = frame.f_code
+        if code.co_name in _SWALLOWING_NAMES or code.co_filename.endswith(_SWALLOWING_FILES):
+            return True
+        frame, depth = frame.f_back, depth - 1
+    return False
+
+
+def _resend_soon(signum: int, delay: float = 0.05) -> None:
+    """Deliver ``signum`` to this process again in a moment, out of the frame that would drop
+    it (a timer thread sends it; the handler then runs in the main thread again)."""
+    timer = threading.Timer(delay, os.kill, (os.getpid(), signum))
+    timer.daemon = True
+    timer.start()
 
 
 @contextlib.contextmanager
@@ -125,3 +163,14 @@ def deferred_signals() -> Iterator[None]:
             signal.signal(sig, old)
         if pending:
             signal.raise_signal(pending[0])  # the restored handler acts on it now
+
+
+def ignore_terminating_signals(*_: Any) -> None:
+    """``worker_init_fn`` for DataLoader workers: leave SIGTERM, SIGHUP and SIGINT to the main
+    process. SLURM and ``kill -- -PGID`` signal every process of the job; a worker killed by it
+    makes torch raise "DataLoader worker … is killed by signal" in the main process, in the
+    middle of the cleanup that saves the resumable checkpoint. A worker whose main process is
+    gone exits by itself (torch watches the parent)."""
+    for sig in DEFERRED:
+        with contextlib.suppress(ValueError, OSError):
+            signal.signal(sig, signal.SIG_IGN)

@@ -259,3 +259,60 @@ def test_a_signal_landing_in_a_finalizer_is_delivered_after_it():
         deadline = time.monotonic() + 5
         while time.monotonic() < deadline:
             time.sleep(0.01)
+
+
+# ------------------------------------------------------------------ checks before the model
+
+
+@pytest.fixture
+def small_scene(tmp_path):
+    from _oracle import random_rgb, write_tif
+
+    return write_tif(tmp_path / "s.tif", random_rgb(64, 64), tiled=True)
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        ["--dst-crs", "EPSG:999999"],
+        ["--chip", "8"],
+        ["--chip", "32", "--overlap", "40"],
+        ["--batch-size", "0"],
+        ["--resolution", "nan"],
+        ["-o", "{tmp}/nodir/x.tif"],
+        ["-o", "{tmp}/s.tif", "-f"],
+        ["-o", "{tmp}/taken.tif"],
+    ],
+    ids=["dst-crs", "chip", "overlap", "batch-size", "resolution", "folder", "input", "exists"],
+)
+def test_option_errors_are_reported_before_the_model_loads(
+    run_cli, monkeypatch, small_scene, tmp_path, extra
+):
+    import fiacli.app.api as api
+
+    loads = []
+    monkeypatch.setattr(api, "load_model", lambda *a, **k: loads.append(a) or pytest.fail("load"))
+    (tmp_path / "taken.tif").write_bytes(b"x")
+    args = [a.replace("{tmp}", str(tmp_path)) for a in extra]
+    if "-o" not in args:
+        args += ["-o", str(tmp_path / "out.tif")]
+    result = run_cli("segment", str(small_scene), "the red car", *args)
+    assert result.exit_code in (1, 2), result.stderr
+    assert result.stderr.startswith("error: ") and len(result.stderr.splitlines()) == 1
+    assert loads == []
+
+
+def test_a_long_error_is_one_line_at_any_terminal_width(tmp_path):
+    """Not a terminal (a log, a pipe): one line however narrow COLUMNS is."""
+    import subprocess
+    import sys
+
+    missing = tmp_path / ("a-very-long-folder-name-" * 6) / "expressions.txt"
+    env = {**os.environ, "COLUMNS": "30"}
+    out = subprocess.run(
+        [sys.executable, "-m", "fiacli", "parse", "-i", str(missing), "-o", str(tmp_path / "p")],
+        capture_output=True, text=True, env=env,
+    )  # fmt: skip
+    assert out.returncode == 1
+    lines = out.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and len(lines[0]) > 150, lines

@@ -21,17 +21,19 @@ import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 import torch
 
 from fiacli.core.console import warn
-from fiacli.core.errors import FiacliError
+from fiacli.core.datasets import DATASETS, RELEASED_DATASET_NAMES
+from fiacli.core.errors import FiacliError, UsageError
 from fiacli.models.checkpoint import is_torch_pickle
 from fiacli.models.fianet import FIANet, FIANetConfig, uninitialised_fianet
 from fiacli.models.text_encoder import BERT_BASE_UNCASED, text_fit_problems
 
-TO_CHOICES = ("fiacli", "released")
+ConvertTarget = Literal["fiacli", "released"]
+TO_CHOICES: tuple[str, ...] = get_args(ConvertTarget)
 # what each target writes, by the output's extension
 TARGET_SUFFIXES = {"fiacli": (".safetensors",), "released": (".pth", ".pt", ".safetensors")}
 
@@ -401,7 +403,7 @@ def _image_size(args: Mapping[str, Any]) -> tuple[int, list[str]]:
     return size, []
 
 
-def parse_settings_for(
+def released_parse_settings(
     args: Mapping[str, Any], config: FIANetConfig, dataset: str | None = None
 ) -> tuple[dict[str, Any], list[str]]:
     """Released parse settings (mode ``released``) for the checkpoint's dataset.
@@ -414,7 +416,8 @@ def parse_settings_for(
     notes = []
     name = dataset or args.get("dataset")
     if not name:
-        name = {1: "refsegrs", 3: "rrsisd"}.get(config.num_tmem)
+        name = next((n for n in RELEASED_DATASET_NAMES
+                     if DATASETS[n].recipe["num_tmem"] == config.num_tmem), None)  # fmt: skip
         if name is None:
             raise FiacliError("cannot tell which dataset this checkpoint is for; pass --dataset")
         notes.append(
@@ -463,7 +466,7 @@ def build_from_released(
     if bad:
         raise FiacliError(f"tensor shapes do not fit the inferred architecture: {_preview(bad)}")
     model.load_state_dict(state, strict=True, assign=device == "meta")
-    parse, parse_notes = parse_settings_for(released.args, config, dataset)
+    parse, parse_notes = released_parse_settings(released.args, config, dataset)
     parse_notes += text_fit_problems(config.text_config, parse)
     meta = {
         "parse": parse,
@@ -491,12 +494,11 @@ def convert_checkpoint(
     and writes the released layout: ``torch.save({"model": state_dict})`` for ``.pth``/``.pt``,
     plain safetensors otherwise.
     """
-    from fiacli.core.errors import UsageError
     from fiacli.core.io import atomic_output, check_output_path, refuse_overwriting_inputs
     from fiacli.models.checkpoint import META_KEY, load_checkpoint, save_checkpoint
 
     if to not in TO_CHOICES:
-        raise FiacliError(f"unknown target {to!r}; choose from {', '.join(TO_CHOICES)}")
+        raise UsageError(f"--to must be one of {', '.join(TO_CHOICES)}, not {to!r}")
     suffix = Path(dst).suffix.lower()
     allowed = TARGET_SUFFIXES[to]
     if suffix not in allowed:

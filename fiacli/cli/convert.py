@@ -78,11 +78,8 @@ def convert(
     json_output: JsonOutput = False,
 ) -> None:
     from fiacli.core.console import console, print_json
-    from fiacli.core.errors import UsageError
-    from fiacli.models.convert import TO_CHOICES, convert_checkpoint
+    from fiacli.models.convert import convert_checkpoint  # checks --to against TO_CHOICES
 
-    if to not in TO_CHOICES:
-        raise UsageError(f"--to must be one of {', '.join(TO_CHOICES)}, not {to!r}")
     result = convert_checkpoint(
         source,
         output,

@@ -141,31 +141,6 @@ class FIANetConfig:
     def replace(self, **changes: Any) -> FIANetConfig:
         return dataclasses.replace(self, **changes)
 
-    @classmethod
-    def minimal(cls, **overrides: Any) -> FIANetConfig:
-        """The smallest working FIANet (width 16, one block per stage, a 2-layer 32-wide BERT
-        with random weights): builds and runs in milliseconds, for tests and examples."""
-        values: dict[str, Any] = {
-            "image_size": 64,
-            "embed_dim": 16,
-            "depths": (1, 1, 1, 1),
-            "num_heads": (1, 1, 2, 2),
-            "window_size": 4,
-            "drop_path_rate": 0.0,
-            "swin_timm_name": "swin_tiny_patch4_window7_224",
-            "text_encoder": "random",
-            "text_config": {
-                **BERT_BASE_UNCASED,
-                "hidden_size": 32,
-                "num_hidden_layers": 2,
-                "num_attention_heads": 2,
-                "intermediate_size": 64,
-                "max_position_embeddings": 64,
-            },
-            "decoder_width": 16,
-        }
-        return cls(**{**values, **overrides})
-
 
 class FIANet(nn.Module):
     """Referring segmentation: ``(image, expression) → (B, 2, H, W)`` logits (class 1 = object).

@@ -13,10 +13,10 @@ from safetensors.torch import load_file, save_file
 from fiacli.core.errors import FiacliError
 from fiacli.models import (
     FIANet,
-    FIANetConfig,
     TextBatch,
     create_model,
     load_checkpoint,
+    minimal_config,
     save_checkpoint,
 )
 from fiacli.models.checkpoint import META_KEY, read_checkpoint_meta
@@ -41,7 +41,7 @@ def _same_outputs(a: FIANet, b: FIANet) -> None:
 @pytest.fixture(scope="module")
 def minimal() -> FIANet:
     torch.manual_seed(0)
-    return FIANet(FIANetConfig.minimal(num_tmem=2, spatial_branch=False)).eval()
+    return FIANet(minimal_config().replace(num_tmem=2, spatial_branch=False)).eval()
 
 
 def test_round_trip_rebuilds_model_and_metadata(tmp_path: Path, minimal: FIANet) -> None:

@@ -10,19 +10,20 @@ import pytest
 import torch
 
 from fiacli.core.errors import FiacliError, UsageError
+from fiacli.models import minimal_config
 from fiacli.models.convert import (
     build_from_released,
     convert_checkpoint,
     fiacli_to_released,
     read_released,
 )
-from fiacli.models.fianet import FIANetConfig, uninitialised_fianet
+from fiacli.models.fianet import uninitialised_fianet
 
 
 @pytest.fixture(scope="module")
 def minimal_model():
     torch.manual_seed(0)
-    cfg = FIANetConfig.minimal(text_encoder="embedded")
+    cfg = minimal_config().replace(text_encoder="embedded")
     return uninitialised_fianet(cfg)
 
 
@@ -72,7 +73,7 @@ def test_a_text_encoder_smaller_than_its_tokenizer_is_said_at_load_and_refused_a
     from fiacli.app.predictor import RefSegPredictor
     from fiacli.models.checkpoint import load_checkpoint, save_checkpoint
 
-    cfg = FIANetConfig.minimal()
+    cfg = minimal_config()
     small = cfg.replace(text_config={**cfg.text_config, "vocab_size": 3000})
     path = save_checkpoint(
         tmp_path / "m.safetensors",

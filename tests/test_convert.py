@@ -15,7 +15,7 @@ from safetensors.torch import load_file, save_file
 
 from fiacli.core.datasets import DATASETS
 from fiacli.core.errors import FiacliError
-from fiacli.models import count_parameters, load_checkpoint
+from fiacli.models import count_parameters, load_checkpoint, minimal_config
 from fiacli.models.convert import ReleasedCheckpoint, build_from_released, read_released
 
 
@@ -185,10 +185,10 @@ def test_full_size_checkpoints_convert_from_key_lists(num_tmem: int, dataset: st
 def test_to_released_warns_about_parts_the_released_code_would_leave_random(
     tmp_path: Path, run_cli
 ) -> None:
-    from fiacli.models import FIANet, FIANetConfig, save_checkpoint
+    from fiacli.models import FIANet, save_checkpoint
 
     lean = FIANet(
-        FIANetConfig.minimal(go_embedding=False, spatial_branch=False, abs_pos_embed="sincos")
+        minimal_config().replace(go_embedding=False, spatial_branch=False, abs_pos_embed="sincos")
     )
     src = save_checkpoint(tmp_path / "lean.safetensors", lean)
     result = run_cli("convert", str(src), "--to", "released", "-o", str(tmp_path / "lean.pth"))

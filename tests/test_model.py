@@ -11,7 +11,14 @@ import torch
 from conftest import shared_path
 from timm.models.swin_transformer import SwinTransformerBlock
 
-from fiacli.models import FIANet, FIANetConfig, TextBatch, count_parameters, create_model
+from fiacli.models import (
+    FIANet,
+    FIANetConfig,
+    TextBatch,
+    count_parameters,
+    create_model,
+    minimal_config,
+)
 from fiacli.models.swin import ReleasedOrderSwinBlock, sincos_position_embedding
 
 torch.manual_seed(0)
@@ -31,7 +38,7 @@ def text_batch(batch: int = 2, n: int = 8) -> TextBatch:
 
 @pytest.fixture(scope="module")
 def model() -> FIANet:
-    return FIANet(FIANetConfig.minimal()).eval()
+    return FIANet(minimal_config()).eval()
 
 
 def test_forward_returns_logits_at_input_size(model: FIANet) -> None:
@@ -117,8 +124,8 @@ ABLATIONS = {
 
 @pytest.mark.parametrize("name", sorted(ABLATIONS))
 def test_ablation_switches_build_and_run(name: str) -> None:
-    full = FIANet(FIANetConfig.minimal()).eval()
-    model = FIANet(FIANetConfig.minimal(**ABLATIONS[name])).eval()
+    full = FIANet(minimal_config()).eval()
+    model = FIANet(minimal_config().replace(**ABLATIONS[name])).eval()
     keys = set(model.state_dict())
     has = {
         "channel_modulation": any(".channel_modulation." in k for k in keys),
@@ -143,11 +150,11 @@ def test_ablation_switches_build_and_run(name: str) -> None:
 
 def test_spatial_branch_without_object_branch_is_refused() -> None:
     with pytest.raises(ValueError, match="needs object_branch"):
-        FIANetConfig.minimal(object_branch=False)
+        minimal_config().replace(object_branch=False)
 
 
 def test_frozen_text_encoder_has_no_gradient_and_no_dropout() -> None:
-    model = FIANet(FIANetConfig.minimal(freeze_text_encoder=True)).train()
+    model = FIANet(minimal_config().replace(freeze_text_encoder=True)).train()
     assert not model.text_encoder.bert.training
     image = torch.randn(2, 3, 64, 64)
     model(image, text_batch()).logsumexp(1).mean().backward()
@@ -157,7 +164,7 @@ def test_frozen_text_encoder_has_no_gradient_and_no_dropout() -> None:
 
 
 def test_trainable_text_encoder_gets_gradient() -> None:
-    model = FIANet(FIANetConfig.minimal()).train()
+    model = FIANet(minimal_config()).train()
     model(torch.randn(2, 3, 64, 64), text_batch()).mean().backward()
     grad = model.text_encoder.bert.encoder.layer[0].attention.self.query.weight.grad
     assert grad is not None and grad.abs().sum() > 0
@@ -185,7 +192,7 @@ def test_sincos_code_depends_on_the_normalised_position_only() -> None:
 def test_abs_pos_embed_tells_the_first_fusion_where_each_pixel_is(code: str, varies: bool) -> None:
     """Released (no code): a uniform image gives every stage-1 token the same features, so no
     phrase can pick "the left" one; with the sin-cos code the tokens differ by place."""
-    model = FIANet(FIANetConfig.minimal(abs_pos_embed=code)).eval()
+    model = FIANet(minimal_config().replace(abs_pos_embed=code)).eval()
     seen = []
     model.fiam[0].register_forward_hook(lambda mod, args, out: seen.append(args[0]))
     with torch.no_grad():
@@ -193,19 +200,19 @@ def test_abs_pos_embed_tells_the_first_fusion_where_each_pixel_is(code: str, var
     tokens = seen[0][0]  # (L, C): the Swin stage-1 output the FIAM fuses
     assert (tokens.std(dim=0).max() > 1e-3) == varies
     # no parameters: the same keys either way (released conversion and key mapping unchanged)
-    assert set(model.state_dict()) == set(FIANet(FIANetConfig.minimal()).state_dict())
+    assert set(model.state_dict()) == set(FIANet(minimal_config()).state_dict())
 
 
 def test_abs_pos_embed_defaults_and_validation() -> None:
     assert FIANetConfig().abs_pos_embed == "none"  # the released model
     assert create_model("fianet-tiny", device="meta").config.abs_pos_embed == "sincos"
-    old = FIANetConfig.minimal().to_dict()
+    old = minimal_config().to_dict()
     del old["abs_pos_embed"]  # a checkpoint written before the field existed
     assert FIANetConfig.from_dict(old).abs_pos_embed == "none"
     with pytest.raises(ValueError, match="abs_pos_embed must be one of"):
-        FIANetConfig.minimal(abs_pos_embed="learned")
+        minimal_config().replace(abs_pos_embed="learned")
     with pytest.raises(ValueError, match="divisible by 4"):
-        FIANetConfig.minimal(abs_pos_embed="sincos", embed_dim=18, num_heads=(1, 1, 1, 1))
+        minimal_config().replace(abs_pos_embed="sincos", embed_dim=18, num_heads=(1, 1, 1, 1))
 
 
 def _key_list_params(path) -> tuple[int, int]:

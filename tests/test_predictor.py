@@ -10,7 +10,7 @@ import torch
 
 from fiacli.app.predictor import RefSegPredictor
 from fiacli.core.errors import FiacliError
-from fiacli.models import FIANet, FIANetConfig, TextBatch, save_checkpoint
+from fiacli.models import FIANet, TextBatch, minimal_config, save_checkpoint
 
 parsing = pytest.importorskip("fiacli.text.parsing")
 
@@ -25,7 +25,7 @@ def settings():
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory, settings) -> Path:
     torch.manual_seed(0)
-    model = FIANet(FIANetConfig.minimal(image_size=64))
+    model = FIANet(minimal_config().replace(image_size=64))
     path = tmp_path_factory.mktemp("ckpt") / "m.safetensors"
     return save_checkpoint(path, model, {"parse": settings.to_dict()})
 
@@ -82,7 +82,7 @@ def test_rejects_bad_chips(predictor: RefSegPredictor) -> None:
 def test_precision_checked_and_missing_parse_settings(tmp_path: Path, checkpoint: Path) -> None:
     with pytest.raises(FiacliError, match="fp16 needs a CUDA"):
         RefSegPredictor.from_checkpoint(checkpoint, device="cpu", precision="fp16")
-    model = FIANet(FIANetConfig.minimal())
+    model = FIANet(minimal_config())
     bare = save_checkpoint(tmp_path / "bare.safetensors", model)
     with pytest.raises(FiacliError, match="no parse settings"):
         RefSegPredictor.from_checkpoint(bare, device="cpu").encode(EXPRESSION)

@@ -235,6 +235,12 @@ def _disk_full_on_raster_write(mp: pytest.MonkeyPatch) -> None:
     mp.setattr(rasterio.io.DatasetWriter, "write", full)
 
 
+def _skipped_in_manifest(w: Path) -> None:
+    manifest = json.loads((w / "o.manifest.json").read_text())
+    skipped = manifest["scene"]["skipped_windows"]
+    assert skipped and all("tile 1,1" in s["reason"] for s in skipped), skipped
+
+
 def _no_pwned(w: Path) -> None:
     assert not (w / "PWNED").exists(), "the pickle's code ran"
 
@@ -245,8 +251,6 @@ def _resumable(w: Path) -> None:
     assert not [p for p in (w / "trun").iterdir() if ".tmp-" in p.name]
 
 
-WIRING = "ReadGuard not yet wired into Scene.read / the pipeline (edit listed in #13's report)"
-PREDICTOR = "needs the truncation note in RefSegPredictor.encode (edit listed in #13's report)"
 slow = pytest.mark.slow
 
 # fmt: off
@@ -310,8 +314,12 @@ CASES = [
          "not a fiacli checkpoint"),
     Case("seg-cut-cog", seg("cut.tif", "red", "-o", "o.tif", "--probabilities", "p.tif"), 1,
          "cut.tif"),
-    Case("seg-damaged-deflate", seg("bad.tif", "red", "-o", "o.tif"), 1, "damaged DEFLATE",
-         marks=(pytest.mark.xfail(strict=True, reason=WIRING),)),
+    Case("seg-damaged-deflate", seg("bad.tif", "red", "-o", "o.tif"), 1, "damaged DEFLATE"),
+    Case("seg-damaged-deflate-skip", seg("bad.tif", "red", "-o", "o.tif", "--on-read-error",
+                                         "skip"), 0, r"damaged window\(s\) of bad.tif",
+         kind="warning", created=("o.tif", "o.manifest.json"), check=_skipped_in_manifest),
+    Case("seg-on-read-error-unknown", seg("bad.tif", "red", "-o", "o.tif", "--on-read-error",
+                                          "ignore"), 2, "--on-read-error"),
     Case("seg-bug", seg("s.tif", "red", "-o", "o.tif", "-o", "o.gpkg"), 1,
          "unexpected ZeroDivisionError in fiacli segment.*--debug",
          patch=_raise_in_predict(ZeroDivisionError("division by zero"))),
@@ -321,11 +329,9 @@ CASES = [
          patch=_raise_in_predict(MemoryError())),
     # ---------------------------------------------------------------- segment: warnings (exit 0)
     Case("seg-all-nodata", seg("nodata.tif", "red", "-o", "o.tif"), 0, "no valid pixel",
-         kind="warning", created=("o.tif", "o.manifest.json"),
-         marks=(pytest.mark.xfail(strict=True, reason=WIRING),)),
+         kind="warning", created=("o.tif", "o.manifest.json")),
     Case("seg-all-nan", seg("nan.tif", "red", "-o", "o.tif"), 0, "no valid pixel", kind="warning",
-         created=("o.tif", "o.manifest.json"),
-         marks=(pytest.mark.xfail(strict=True, reason=WIRING),)),
+         created=("o.tif", "o.manifest.json")),
     # ---------------------------------------------------------------- segment: signals, EFBIG
     Case("seg-sigterm", seg("big.tif", "red", "-o", "o.tif", "--probabilities", "p.tif"), 143,
          r"interrupted \(SIGTERM\)", process=True, send=signal.SIGTERM, delay=0.3, marks=()),

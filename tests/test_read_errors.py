@@ -74,7 +74,7 @@ def test_a_damaged_deflate_tile_fails_naming_the_window_and_tile(tmp_path):
     with ds:
         ok, valid = guard.read(_read(ds), Window(0, 0, 256, 256))  # tile 0,0 is sound
         assert valid.all() and (ok == _smooth()[:, :256, :256]).all()
-        with pytest.raises(RasterReadError, match=r"window col 200, row 300, 100x100 px: tile 1,1"):
+        with pytest.raises(RasterReadError, match=r"rows 300-399, columns 200-299: tile 1,1"):
             guard.read(_read(ds), Window(200, 300, 100, 100))
         with pytest.raises(RasterReadError):  # every time, not only the first
             guard.read(_read(ds), Window(300, 300, 10, 10))
@@ -117,7 +117,7 @@ def test_skip_reads_a_damaged_window_as_nodata_and_records_it(tmp_path):
     assert rgb.shape == (3, 100, 200) and not valid.any()
     assert (rgb[:, 0, 0] == (124, 116, 104)).all()
     assert guard.skipped == [{"col": 256, "row": 256, "width": 200, "height": 100,
-                              "text": "window col 256, row 256, 200x100 px",
+                              "text": "rows 256-355, columns 256-455",
                               "reason": guard.skipped[0]["reason"]}]  # fmt: skip
     assert "tile 1,1" in guard.skipped[0]["reason"]
     assert "1 damaged window(s)" in guard.summary()

@@ -270,6 +270,8 @@ def segment_raster(
     with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True, **env), open_scene(src, **scene_args) as scene:
         for note in scene.warnings:
             warn(note)
+        if scene.read_guard is not None:  # damaged windows: fail naming them, or nodata
+            scene.read_guard.on_error = opts.on_read_error
         size = int(opts.chip or predictor.image_size)
         overlap = opts.overlap if opts.overlap is not None else round(size * OVERLAP_SHARE)
         grid = ChipGrid(scene.height, scene.width, size, overlap)
@@ -379,8 +381,9 @@ def _run(scene: Scene, grid: ChipGrid, texts: list[str], outs: Outputs,
 
         record = opts.record()
         record.update(chip=grid.chip, overlap=grid.overlap, effective_scope=scope)
+        notes = _read_notes(scene, sinks.valid_pixels)
         result = SegmentResult(
-            scene={**scene.describe(), "valid_pixels": sinks.valid_pixels},
+            scene={**scene.describe(), "valid_pixels": sinks.valid_pixels, **_skipped(scene)},
             expressions=texts,
             outputs=outs.as_dict(),
             chips=counts,
@@ -390,7 +393,7 @@ def _run(scene: Scene, grid: ChipGrid, texts: list[str], outs: Outputs,
             ],
             timings_s={k: round(v, 4) for k, v in timings.items()},
             options=record,
-            warnings=list(scene.warnings),
+            warnings=[*scene.warnings, *notes],
             stages={
                 "threads": threads,
                 "batch_size": stream.batch_size,
@@ -712,6 +715,29 @@ def _stage_report(clocks: dict[str, Any], wall_s: float) -> dict[str, Any]:
     for name, item in per.items():
         item["busy_share"] = round(share[name] / wall_s, 3) if wall_s > 0 else None
     return {"wall_s": round(wall_s, 4), "bound_by": busiest, "stages": per}
+
+
+def _skipped(scene: Scene) -> dict[str, Any]:
+    """The windows read as nodata because they were damaged (--on-read-error skip), if any."""
+    skipped = list(getattr(scene.read_guard, "skipped", None) or [])
+    return {"skipped_windows": skipped} if skipped else {}
+
+
+def _read_notes(scene: Scene, valid_pixels: int) -> list[str]:
+    """Warnings about what the scene gave: windows skipped as damaged, or no valid pixel at all
+    (all nodata or NaN: the outputs are empty, which must not pass for "nothing found")."""
+    notes = []
+    skipped = scene.read_guard.summary() if scene.read_guard is not None else None
+    if skipped:
+        notes.append(skipped)
+    if valid_pixels == 0:
+        notes.append(
+            f"{scene.path} holds no valid pixel in the bands read (all nodata, masked or NaN): "
+            "the outputs are empty"
+        )
+    for note in notes:
+        warn(note)
+    return notes
 
 
 def _write_manifest(path: Path, result: SegmentResult, model_info: dict[str, Any] | None, *,

@@ -22,6 +22,7 @@ from fiacli.core.errors import UsageError
 from fiacli.core.io import check_output_path, refuse_overwriting_inputs
 from fiacli.geo.preview import check_preview_path
 from fiacli.geo.raster import open_scene, parse_bands
+from fiacli.geo.read_errors import ON_READ_ERRORS, OnReadError
 from fiacli.geo.tiling import BLENDS, Blend
 from fiacli.geo.vectorize import VECTOR_DRIVERS
 
@@ -59,6 +60,7 @@ class SegmentOptions:
     overwrite: bool = False
     manifest: bool = True
     threads: int | None = None  # reading, writing and vectorising threads; None: every CPU
+    on_read_error: OnReadError = "fail"  # a damaged window: fail naming it, or skip as nodata
 
     def __post_init__(self) -> None:
         # accept what a caller naturally has: "4,3,2" or a list for bands, str for paths
@@ -98,6 +100,9 @@ class SegmentOptions:
 
     def check(self) -> None:
         """Refuse impossible values (usage errors, exit code 2)."""
+        if self.on_read_error not in ON_READ_ERRORS:
+            known = " or ".join(ON_READ_ERRORS)
+            raise UsageError(f"unknown --on-read-error {self.on_read_error!r}; use {known}")
         if self.batch_size != "auto" and (isinstance(self.batch_size, bool) or self.batch_size < 1):
             raise UsageError("--batch-size must be at least 1 (or auto)")
         if self.threads is not None and (isinstance(self.threads, bool) or self.threads < 0):

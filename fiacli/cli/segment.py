@@ -11,6 +11,7 @@ from fiacli.app.segment_options import Scope
 from fiacli.cli.common import command, examples
 from fiacli.cli.options import Device, JsonOutput, Overwrite
 from fiacli.core.device import Precision
+from fiacli.geo.read_errors import OnReadError
 from fiacli.geo.tiling import Blend
 
 HELP = (
@@ -271,6 +272,13 @@ def segment(
             "timings, counts."
         ),
     ] = True,
+    on_read_error: Annotated[
+        OnReadError,
+        typer.Option(
+            help="A damaged part of the scene (a tile GDAL cannot decode, or decodes wrongly): "
+            "fail naming it, or skip it as nodata (a warning; the manifest lists the windows)."
+        ),
+    ] = "fail",
     aoi: Annotated[
         str | None,
         typer.Option(

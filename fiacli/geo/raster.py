@@ -27,6 +27,7 @@ from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
 
 from fiacli.core.errors import FiacliError, UsageError
+from fiacli.geo.read_errors import ReadGuard
 
 # Fill for pixels the model must see but that carry no data (nodata, padding of small scenes):
 # the ImageNet mean, which the model's own normalisation turns into exactly zero input.
@@ -168,6 +169,15 @@ class Scene:
     warnings: list[str] = field(default_factory=list)
     _valid_cache: bool | None = field(default=None, repr=False)
     resolution: float | None = None  # the --resolution the WarpedVRT resamples to, if any
+    # what a damaged window means (fiacli.geo.read_errors: fail naming it, or nodata); clones
+    # share it, so the windows skipped by every reader thread are in one list
+    read_guard: ReadGuard | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.read_guard is None:  # DEFLATE tiles are checked when read on their own grid
+            self.read_guard = ReadGuard.for_dataset(
+                self.path, self.src, check_blocks=self.dataset is self.src
+            )
 
     @property
     def width(self) -> int:
@@ -205,7 +215,12 @@ class Scene:
         return self._valid_cache
 
     def read(self, window: Window) -> tuple[np.ndarray, np.ndarray]:
-        """RGB uint8 ``(3, h, w)`` with nodata pixels set to :data:`FILL_RGB`, and validity."""
+        """RGB uint8 ``(3, h, w)`` with nodata pixels set to :data:`FILL_RGB`, and validity;
+        a damaged window fails naming it, or is nodata (``read_guard.on_error``)."""
+        assert self.read_guard is not None
+        return self.read_guard.read(self._read, window, fill=FILL_RGB)
+
+    def _read(self, window: Window) -> tuple[np.ndarray, np.ndarray]:
         uniq = sorted(set(self.indexes))
         data = self.dataset.read(uniq, window=window)
         masks = None if self._all_valid() else self.dataset.read_masks(uniq, window=window)
@@ -213,6 +228,13 @@ class Scene:
 
     def read_overview(self, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
         """The whole scene shrunk to ``height x width`` (from overviews when the file has them)."""
+        assert self.read_guard is not None
+        return self.read_guard.read(
+            lambda _: self._read_overview(height, width), None, shape=(height, width),
+            fill=FILL_RGB, check_blocks=False,
+        )  # fmt: skip
+
+    def _read_overview(self, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
         uniq = sorted(set(self.indexes))
         shape = (len(uniq), height, width)
         data = self.dataset.read(uniq, out_shape=shape, resampling=Resampling.average)
@@ -254,6 +276,8 @@ class Scene:
         if self.dataset is not self.src:
             self.dataset.close()
         self.src.close()
+        if self.read_guard is not None:
+            self.read_guard.close()  # its own handle; reopened if a clone reads again
 
     def __enter__(self) -> Scene:
         return self

@@ -37,6 +37,7 @@ T = TypeVar("T")
 
 # GDAL warnings during a read that do not mean the pixels are wrong
 HARMLESS_WARNINGS = ("NotGeoreferenced", "has no geotransform")
+CHUNK = 1 << 16  # bytes of a DEFLATE tile checked at a time
 _RASTERIO_LOGGERS = ("rasterio._err", "rasterio._env", "rasterio._io", "rasterio._base")
 
 
@@ -57,7 +58,7 @@ def describe_window(window: Any) -> dict[str, Any]:
         return {"col": None, "row": None, "width": None, "height": None, "text": "the overview"}
     col, row = int(window.col_off), int(window.row_off)
     width, height = int(window.width), int(window.height)
-    text = f"window col {col}, row {row}, {width}x{height} px"
+    text = f"rows {row}-{row + height - 1}, columns {col}-{col + width - 1}"
     return {"col": col, "row": row, "width": width, "height": height, "text": text}
 
 
@@ -212,18 +213,23 @@ class DeflateChecker:
         offset, size = self._offsets(band, bx, by)
         if not offset or not size or int(size) == 0:
             return None  # a sparse block: GDAL fills it, nothing to check
-        fh.seek(int(offset))
-        raw = fh.read(int(size))
         where = f"tile {bx},{by}" + (f" of band {band}" if len(self.bands) > 1 else "")
-        if len(raw) < int(size):
-            return f"{where} is cut off ({len(raw)} of {int(size)} bytes)"
-        try:
-            inflater = zlib.decompressobj()
-            inflater.decompress(raw)
-            if not inflater.eof:
-                return f"{where}: its DEFLATE stream ends early"
+        fh.seek(int(offset))
+        inflater = zlib.decompressobj()
+        left = total = int(size)
+        try:  # in pieces, output discarded: a few ten kB whatever the tile's size
+            while left > 0 and not inflater.eof:
+                data = fh.read(min(CHUNK, left))
+                if not data:
+                    return f"{where} is cut off ({total - left} of {total} bytes)"
+                left -= len(data)
+                while data and not inflater.eof:
+                    inflater.decompress(data, CHUNK)
+                    data = inflater.unconsumed_tail
         except zlib.error as exc:
             return f"{where}: damaged DEFLATE data ({exc})"
+        if not inflater.eof:
+            return f"{where}: its DEFLATE stream ends early"
         return None
 
 

@@ -332,6 +332,9 @@ CASES = [
          kind="warning", created=("o.tif", "o.manifest.json")),
     Case("seg-all-nan", seg("nan.tif", "red", "-o", "o.tif"), 0, "no valid pixel", kind="warning",
          created=("o.tif", "o.manifest.json")),
+    Case("seg-long-expression", ("segment", "s.tif", "the small white car parked " * 12, "-m",
+                                 "m.safetensors", "-o", "o.tif"), 0, "cut to 22 tokens",
+         kind="warning", created=("o.tif", "o.manifest.json")),  # the real predictor
     # ---------------------------------------------------------------- segment: signals, EFBIG
     Case("seg-sigterm", seg("big.tif", "red", "-o", "o.tif", "--probabilities", "p.tif"), 143,
          r"interrupted \(SIGTERM\)", process=True, send=signal.SIGTERM, delay=0.3, marks=()),

@@ -37,6 +37,23 @@ class EncodedExpression:
     features: Any
 
 
+ENCODE_BATCH = 64  # expressions per text-encoder call in encode_many
+
+
+def _say_cut(parsed: list[Any], budget: int) -> None:
+    """One warning when expressions were longer than the token budget (the model never sees
+    the rest): the cut used to be silent in segment."""
+    cut = [p for p in parsed if getattr(p, "truncated", None)]
+    if not cut:
+        return
+    from fiacli.core.console import clip, warn
+
+    first = cut[0]
+    which = f"{clip(first.text, 80)!r}" if len(cut) == 1 else (
+        f"{len(cut)} expressions, e.g. {clip(first.text, 80)!r}")  # fmt: skip
+    warn(f"cut to {budget} tokens: {which} lost {clip(first.truncated, 60)!r}")
+
+
 class RefSegPredictor:
     """Foreground probabilities for chips of an image, given one encoded expression.
 
@@ -93,10 +110,43 @@ class RefSegPredictor:
 
         text = strip_position(expression, self.parse_settings) if drop_position else expression
         parsed = parse(text, self.parse_settings)
+        _say_cut([parsed], self.parse_settings.token_length)
         batch = TextBatch.from_parsed([parsed]).to(self.device)
         with torch.inference_mode(), autocast(self.device, self.precision):
             features = self.model.encode_text(batch)
         return EncodedExpression(expression, parsed, features)
+
+    def encode_many(
+        self,
+        expressions: list[str],
+        *,
+        drop_position: bool = False,
+        batch_size: int = ENCODE_BATCH,
+        on_batch: Any = None,
+    ) -> list[EncodedExpression]:
+        """:meth:`encode` for many expressions: parsed with the tokenizer and tagger loaded
+        once, run through the text encoder ``batch_size`` at a time (``on_batch(n)`` after
+        each), and one warning for all the expressions cut to the token budget."""
+        from fiacli.models.text_encoder import TextBatch
+        from fiacli.text.parsing import parse_many, strip_position
+
+        settings = self.parse_settings
+        texts = [strip_position(e, settings) if drop_position else e for e in expressions]
+        parsed = parse_many(texts, settings)
+        _say_cut(parsed, settings.token_length)
+        out: list[EncodedExpression] = []
+        for start in range(0, len(parsed), batch_size):
+            chunk = parsed[start : start + batch_size]
+            batch = TextBatch.from_parsed(chunk).to(self.device)
+            with torch.inference_mode(), autocast(self.device, self.precision):
+                features = self.model.encode_text(batch)
+            out += [
+                EncodedExpression(expressions[start + k], p, features[k])
+                for k, p in enumerate(chunk)
+            ]
+            if on_batch is not None:
+                on_batch(len(chunk))
+        return out
 
     def predict(self, chips: np.ndarray, encoded: EncodedExpression) -> np.ndarray:
         """``(B, 3, H, W)`` uint8 RGB → ``(B, H, W)`` float32 probability of the referred object.

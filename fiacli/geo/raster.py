@@ -224,7 +224,8 @@ class Scene:
         uniq = sorted(set(self.indexes))
         data = self.dataset.read(uniq, window=window)
         masks = None if self._all_valid() else self.dataset.read_masks(uniq, window=window)
-        return self._finish(data[[uniq.index(i) for i in self.indexes]], masks)
+        order = [uniq.index(i) for i in self.indexes]  # bands in order: no copy of the window
+        return self._finish(data if order == list(range(len(uniq))) else data[order], masks)
 
     def read_overview(self, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
         """The whole scene shrunk to ``height x width`` (from overviews when the file has them)."""
@@ -384,7 +385,9 @@ class RasterRowWriter:
 
     Rows arrive in any block heights; they are buffered only until the current row of 512-px
     tiles is complete, so memory is ``512 x width`` per band whatever the scene height, and no
-    tile is ever compressed twice (which would bloat the file).
+    tile is ever compressed twice (which would bloat the file). ``threads``: GDAL threads for
+    the overviews; ``compress_threads``: GDAL's NUM_THREADS for the tiles (in ``segment`` the
+    stages already keep the cores busy, and GDAL's pool then only costs CPU time).
     """
 
     def __init__(
@@ -401,6 +404,7 @@ class RasterRowWriter:
         tags: dict[str, str] | None = None,
         internal_mask: bool = False,
         threads: int = 1,
+        compress_threads: int = 1,
         compress: str = COMPRESS,
         level: int | None = COMPRESS_LEVEL,
     ) -> None:
@@ -411,8 +415,8 @@ class RasterRowWriter:
         codec = {"compress": compress, "predictor": 2}
         if level is not None:
             codec["zstd_level" if compress.lower() == "zstd" else "zlevel"] = level
-        if threads > 1:  # GDAL compresses the tiles of a row on that many threads
-            codec["num_threads"] = threads
+        if compress_threads > 1:  # GDAL compresses the tiles of a row on that many threads
+            codec["num_threads"] = compress_threads
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
             self.ds = rasterio.open(

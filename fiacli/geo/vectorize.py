@@ -518,8 +518,8 @@ class PolygonWriter:
         self.clock = flow.clock("vectorize", max(workers, 1)) if flow is not None else None
         self.feed_clock = flow.clock("write") if flow is not None else None
         self.spool_clock = flow.clock("spool") if flow is not None else None
-        self._queue: queue.Queue[Any] = queue.Queue(maxsize=4 * max(workers, 1))
-        self._closed: queue.Queue[Any] = queue.Queue(maxsize=4 * max(workers, 1))
+        self._queue: queue.Queue[Any] = queue.Queue(maxsize=4)  # rows: 4 x 64 x width, 2 B
+        self._closed: queue.Queue[Any] = queue.Queue(maxsize=4)
         self._threads: list[Any] = []
         self._backlog = 2 * max(workers, 1)  # windows analysed ahead of the joining
         self.counts = [0] * len(self.expressions)

@@ -300,7 +300,8 @@ def _run(scene: Scene, grid: ChipGrid, texts: list[str], outs: Outputs,
         regions = list(coarse_regions(scene, predictor, texts, grid.chip, opts.threshold))
     timings["coarse_pass"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    encoded = [predictor.encode(t, drop_position=scope == "scene") for t in texts]
+    encoded = encode_all(predictor, texts, drop_position=scope == "scene",
+                         show_progress=show_progress)  # fmt: skip
     timings["encode"] = time.perf_counter() - t0
     threads = resolve_threads(opts.threads)
     batch_size = resolve_batch_size(opts.batch_size, predictor, grid.chip, encoded[0])
@@ -451,6 +452,24 @@ def _return_freed_memory() -> None:
         ctypes.CDLL("libc.so.6").mallopt(-3, MMAP_THRESHOLD)  # M_MMAP_THRESHOLD
     except (OSError, AttributeError):  # not glibc
         pass
+
+
+ENCODE_PROGRESS = 64  # expressions from which encoding them shows a progress bar
+
+
+def encode_all(predictor: ChipPredictor, texts: Sequence[str], *, drop_position: bool,
+               show_progress: bool = False) -> list[Any]:  # fmt: skip
+    """Every expression encoded once: in batches when the predictor can (``encode_many``: 1,000
+    expressions no longer take minutes one by one), with a progress bar for many of them."""
+    many = getattr(predictor, "encode_many", None)
+    if not callable(many):
+        return [predictor.encode(t, drop_position=drop_position) for t in texts]
+    bar = rich_progress(transient=True)
+    bar.disable = bar.disable or not show_progress or len(texts) < ENCODE_PROGRESS
+    with bar:
+        task = bar.add_task("encoding expressions", total=len(texts))
+        return list(many(list(texts), drop_position=drop_position,
+                         on_batch=lambda n: bar.advance(task, n)))  # fmt: skip
 
 
 def resolve_threads(threads: int | None) -> int:

@@ -2,7 +2,7 @@
 
     python bench/segment.py                  # all three, full sizes (tens of minutes on 2 CPUs)
     python bench/segment.py --quick          # smaller scenes, a few minutes
-    python bench/segment.py --only overhead  # or memory, vector
+    python bench/segment.py --only overhead  # or memory, vector, throughput, codecs
 
 Figures are ratios measured within one run, so a shared, noisy machine affects them less than
 absolute times; the load average is printed alongside.
@@ -26,6 +26,17 @@ absolute times; the load average is printed alongside.
   written window by window, DEFLATE-compressed.
 * vector: seconds to vectorise a 10,000² mask with many objects, window by window, and a check
   that the result equals GDAL's whole-scene polygonize.
+* throughput: the pipeline alone (the near-free NumpyModel) on a 10,240² RGB orthophoto (real
+  aerial texture: ../shared/rasters/cogeo.tif mirrored, else synthetic; JPEG-YCbCr, 512-px
+  tiles, overviews), generated once into ``--cache`` (default ~/.cache/fiacli-bench): end to
+  end Mpx/s and each stage's busy/waiting seconds for the mask, mask + probabilities and
+  polygons of the (noisy) mask, with 1 thread and with every CPU, next to GDAL's raw decoding of
+  the same file (whole 512-row strips, 1 thread and every CPU) measured in the same run, between
+  the pipeline runs: the ratio to it is the figure (targets on 2 cores: mask >= 0.6x the
+  all-CPU decode). ``--quick``: a 4,096² orthophoto.
+* codecs: the mask and probabilities of that orthophoto written with DEFLATE and ZSTD at a few
+  levels, on 1 thread and on every CPU (GDAL's NUM_THREADS): seconds to write, to build the
+  overviews, and megabytes (fiacli.geo.raster.COMPRESS was chosen on these figures).
 """
 
 from __future__ import annotations
@@ -48,7 +59,7 @@ HERE = Path(__file__).resolve()
 
 
 class NumpyModel:
-    """A near-free ChipPredictor: probability = red / 255."""
+    """A near-free ChipPredictor: probability = red / 255 (float32, one pass)."""
 
     image_size = 480
 
@@ -56,7 +67,7 @@ class NumpyModel:
         return expression
 
     def predict(self, chips: np.ndarray, encoded: str) -> np.ndarray:
-        return chips[:, 0].astype(np.float32) / 255.0
+        return np.divide(chips[:, 0], np.float32(255), dtype=np.float32)
 
 
 def load_model(kind: str, folder: Path):
@@ -256,6 +267,191 @@ def bench_vector(size: int, folder: Path) -> dict:
     }
 
 
+def cache_folder(given: str | None) -> Path:
+    base = given or os.environ.get("FIACLI_BENCH_CACHE") or Path.home() / ".cache" / "fiacli-bench"
+    folder = Path(base)
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def _texture() -> np.ndarray:
+    """2,048² RGB aerial texture: ../shared/rasters/cogeo.tif mirrored (seamless), else a
+    synthetic one (smoothed noise at three scales)."""
+    shared = HERE.parents[2] / "shared" / "rasters" / "cogeo.tif"
+    if shared.exists():
+        with rasterio.open(shared) as ds:
+            tex = ds.read()
+        tex = np.concatenate([tex, tex[:, :, ::-1]], axis=2)
+        return np.concatenate([tex, tex[:, ::-1, :]], axis=1)
+    from scipy import ndimage
+
+    rng = np.random.default_rng(0)
+    total = np.zeros((3, 2048, 2048))
+    for size, weight in ((3, 0.3), (15, 0.4), (61, 0.3)):
+        total += weight * ndimage.uniform_filter(rng.random((3, 2048, 2048)), (1, size, size))
+    lo, hi = total.min(), total.max()
+    return ((total - lo) / (hi - lo) * 255).astype(np.uint8)
+
+
+def orthophoto(folder: Path, size: int) -> Path:
+    """The throughput scene: ``size``² RGB, JPEG-YCbCr in 512-px tiles, with overviews; made
+    once (a few seconds) and kept in ``folder``."""
+    path = folder / f"ortho-{size}-jpeg-ycbcr.tif"
+    if path.exists() and path.stat().st_size > 0:
+        return path
+    tile = _texture()
+    tmp = path.with_suffix(".tmp-tif")
+    profile = dict(driver="GTiff", width=size, height=size, count=3, dtype="uint8",
+                   crs="EPSG:32633", transform=Affine(0.3, 0, 500000, 0, -0.3, 4_200_000),
+                   tiled=True, blockxsize=512, blockysize=512, compress="jpeg",
+                   photometric="ycbcr", jpeg_quality=85, BIGTIFF="IF_SAFER")  # fmt: skip
+    reps = -(-size // tile.shape[2])
+    with rasterio.open(tmp, "w", **profile) as ds:
+        for y0 in range(0, size, 512):
+            h = min(512, size - y0)
+            ty = y0 % tile.shape[1]
+            strip = np.tile(tile[:, ty : ty + h], (1, 1, reps))[:, :, :size]
+            ds.write(strip, window=Window(0, y0, size, h))
+    from rasterio.enums import Resampling
+
+    with rasterio.open(tmp, "r+") as ds:
+        ds.build_overviews([2, 4, 8, 16], Resampling.average)
+    tmp.rename(path)
+    return path
+
+
+def raw_decode(path: Path, threads: int) -> float:
+    """GDAL alone: Mpx/s decoding the whole file in 512-row strips on ``threads`` threads,
+    each with its own dataset handle (the strips handed out in order)."""
+    import threading
+
+    with rasterio.Env(GDAL_CACHEMAX=16 * 2**20):
+        handles = [rasterio.open(path) for _ in range(threads)]
+        height, width = handles[0].height, handles[0].width
+        rows = list(range(0, height, 512))
+        lock = threading.Lock()
+
+        def work(ds) -> None:
+            while True:
+                with lock:
+                    if not rows:
+                        return
+                    y = rows.pop(0)
+                ds.read(window=Window(0, y, width, min(512, height - y)))
+
+        t0 = time.perf_counter()
+        workers = [threading.Thread(target=work, args=(ds,)) for ds in handles]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
+        seconds = time.perf_counter() - t0
+        for ds in handles:
+            ds.close()
+    return height * width / seconds / 1e6
+
+
+def _run_numpy(scene: Path, outputs: list[Path], threads: int, **kw) -> dict:
+    from fiacli.app.pipeline import segment_raster
+
+    t0, c0 = time.perf_counter(), time.process_time()
+    r = segment_raster(scene, "the red roofs", outputs, predictor=NumpyModel(), overwrite=True,
+                       threads=threads, manifest=False, **kw)  # fmt: skip
+    wall = time.perf_counter() - t0
+    px = r.scene["width"] * r.scene["height"]
+    stages = {name: {k: v[k] for k in ("threads", "busy_s", "wait_input_s", "wait_output_s")}
+              for name, v in r.stages["stages"].items()}  # fmt: skip
+    keep = ("read", "model", "stitch_and_write", "stream", "finalize_rasters", "vectorize")
+    return {"seconds": round(wall, 2), "mpx_s": round(px / wall / 1e6, 1),
+            "cpu_s": round(time.process_time() - c0, 1), "bound_by": r.stages["bound_by"],
+            "timings_s": {k: r.timings_s[k] for k in keep if k in r.timings_s},
+            "stages": stages}  # fmt: skip
+
+
+def bench_throughput(size: int, folder: Path, cache: Path, rounds: int = 2) -> dict:
+    """End-to-end Mpx/s of the pipeline with the near-free model vs GDAL's raw decode."""
+    scene = orthophoto(cache, size)
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cases = {
+        "mask": ([folder / "t.tif"], {}),
+        "mask+probabilities": ([folder / "t.tif"], {"probabilities": folder / "t-p.tif"}),
+        "polygons": ([folder / "t.gpkg"], {}),
+    }
+    raw: dict[str, list[float]] = {"1": [], str(cpus): []}
+    runs: dict[str, list[dict]] = {}
+    for _ in range(rounds):  # decode and pipeline interleaved: a load change hits both
+        for name, (outs, kw) in cases.items():
+            for threads in sorted({1, cpus}):
+                raw["1"].append(raw_decode(scene, 1))
+                raw[str(cpus)].append(raw_decode(scene, cpus))
+                runs.setdefault(f"{name}, {threads} thread(s)", []).append(
+                    _run_numpy(scene, outs, threads, **kw))  # fmt: skip
+    best_raw = {k: round(max(v), 1) for k, v in raw.items()}
+    out: dict = {"scene": f"{size}x{size} JPEG-YCbCr RGB, 512-px tiles", "cpus": cpus,
+                 "raw_decode_mpx_s": best_raw,
+                 "raw_decode_mpx_s_all_rounds": {k: [round(x, 1) for x in v]
+                                                 for k, v in raw.items()},
+                 "runs": {}}  # fmt: skip
+    for name, rs in runs.items():
+        best = max(rs, key=lambda r: r["mpx_s"])
+        best["mpx_s_all_rounds"] = [r["mpx_s"] for r in rs]
+        best["over_raw_decode_all_cpus"] = round(best["mpx_s"] / best_raw[str(cpus)], 3)
+        out["runs"][name] = best
+    out["load_average"] = load_average()
+    return out
+
+
+def bench_codecs(size: int, cache: Path, folder: Path) -> dict:
+    """Writing the mask and the probabilities with each codec: seconds, overviews, size."""
+    from rasterio.enums import Resampling
+
+    from fiacli.geo.raster import RasterRowWriter
+
+    scene = orthophoto(cache, size)
+    with rasterio.open(scene) as ds:
+        red = ds.read(1)  # NumpyModel: probability = red / 255, so the 8-bit map is red
+    mask = (red > 127).astype(np.uint8)
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    report: dict = {"scene": f"{size}x{size}", "zstd_available": _has_zstd(folder)}
+    for kind, data in (("mask", mask), ("probabilities", red)):
+        for codec, level in (("deflate", 6), ("deflate", 1), ("zstd", 1), ("zstd", 3),
+                             ("zstd", 9)):  # fmt: skip
+            for threads in sorted({1, cpus}):
+                path = folder / f"codec-{kind}-{codec}{level}-{threads}.tif"
+                with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True):
+                    t0 = time.perf_counter()
+                    w = RasterRowWriter(path, width=size, height=size, count=1,
+                                        transform=Affine.identity(), crs=None, threads=threads,
+                                        nodata=255 if kind == "mask" else None,
+                                        internal_mask=kind != "mask", compress=codec,
+                                        level=level)  # fmt: skip
+                    for y in range(0, size, 384):
+                        rows = data[None, y : y + 384]
+                        w.write(rows, np.ones(rows.shape[1:], bool), all_valid=True)
+                    w._flush()
+                    t1 = time.perf_counter()
+                    resampling = Resampling.nearest if kind == "mask" else Resampling.average
+                    w.close(overview_resampling=resampling)
+                    t2 = time.perf_counter()
+                report[f"{kind} {codec}-{level}, {threads} thread(s)"] = {
+                    "write_s": round(t1 - t0, 2), "overviews_s": round(t2 - t1, 2),
+                    "mb": round(path.stat().st_size / 2**20, 1)}  # fmt: skip
+                path.unlink()
+    report["load_average"] = load_average()
+    return report
+
+
+def _has_zstd(folder: Path) -> bool:
+    path = folder / "zstd-probe.tif"
+    with rasterio.open(path, "w", driver="GTiff", width=16, height=16, count=1, dtype="uint8",
+                       compress="zstd") as ds:  # fmt: skip
+        ds.write(np.zeros((1, 16, 16), np.uint8))
+    with rasterio.open(path) as ds:
+        ok = ds.compression is not None and ds.compression.name == "zstd"
+    path.unlink()
+    return ok
+
+
 def _sizes(text: str) -> list[tuple[int, int]]:
     return [tuple(int(v) for v in item.split("x")) for item in text.split(",")]  # type: ignore[misc]
 
@@ -270,6 +466,12 @@ def main() -> None:
                     choices=["fianet-tiny", "demo", "numpy"])  # fmt: skip
     sizes_help = "WxH,… (default 2000x2000,20000x20000; quick: 1000x1000,6000x6000)"
     ap.add_argument("--memory-sizes", default=None, help=sizes_help)
+    ap.add_argument(
+        "--cache",
+        default=None,
+        help="folder for the generated throughput scene (default ~/.cache/fiacli-bench)",
+    )
+    ap.add_argument("--rounds", type=int, default=2, help="throughput: rounds (best kept)")
     ap.add_argument("--_child", nargs=2, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args._child:
@@ -292,6 +494,15 @@ def main() -> None:
             size = 4000 if args.quick else 10000
             report["vector"] = bench_vector(size, folder)
             print(json.dumps({"vector": report["vector"]}, indent=2), flush=True)
+        if "throughput" in only:
+            size = 4096 if args.quick else 10240
+            report["throughput"] = bench_throughput(size, folder, cache_folder(args.cache),
+                                                    rounds=args.rounds)  # fmt: skip
+            print(json.dumps({"throughput": report["throughput"]}, indent=2), flush=True)
+        if "codecs" in only:
+            size = 4096 if args.quick else 10240
+            report["codecs"] = bench_codecs(size, cache_folder(args.cache), folder)
+            print(json.dumps({"codecs": report["codecs"]}, indent=2), flush=True)
     print(f"cpus: {os.cpu_count()}, load average at end: {load_average()}")
 
 

@@ -36,6 +36,7 @@ FILL_RGB = (124, 116, 104)
 STATS_PIXELS = 1 << 20
 STATS_PERCENTILES = (2.0, 98.0)
 TILE = 512
+MAX_SIDE = 2**31 - 1  # pixels a side GDAL can address
 # Compression of the rasters segment writes (chosen on bench/segment.py --only codecs figures:
 # ZSTD writes masks and probabilities several times faster than DEFLATE, and smaller).
 COMPRESS = "zstd"
@@ -369,6 +370,11 @@ def _warped(src: Any, resolution: float) -> WarpedVRT:
     sx, sy = resolution / px, resolution / py
     width = max(1, math.ceil(src.width / sx - 1e-9))
     height = max(1, math.ceil(src.height / sy - 1e-9))
+    if max(width, height) > MAX_SIDE:  # GDAL's sizes are 32-bit: an OverflowError otherwise
+        raise UsageError(
+            f"--resolution {resolution:g} m would make the scene {width:,} x {height:,} pixels "
+            f"(at most {MAX_SIDE:,} a side); its pixels are {px:.3g} x {py:.3g} m"
+        )
     return WarpedVRT(
         src,
         crs=src.crs,

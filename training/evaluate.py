@@ -22,6 +22,7 @@ import torch
 from torch.utils.data import DataLoader, Subset, default_collate
 
 from fiacli.core.errors import FiacliError
+from fiacli.core.signals import ignore_terminating_signals
 from fiacli.training.metrics import THRESHOLDS, RefSegMetrics, metric_groups
 
 POSITION_ONLY = "position-only"
@@ -91,6 +92,7 @@ def evaluate_split(
         shuffle=False,
         num_workers=num_workers,
         collate_fn=_eval_collate,
+        worker_init_fn=ignore_terminating_signals,  # SIGTERM is the main process's to handle
     )
     was_training = model.training
     model.eval()

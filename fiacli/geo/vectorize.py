@@ -32,6 +32,7 @@ from rasterio.windows import Window
 from scipy import ndimage
 
 from fiacli.core.errors import FiacliError
+from fiacli.geo import polygonize
 
 FOUR = ndimage.generate_binary_structure(2, 1)
 # What memory holds of the results: closed polygons go to the spool once they total this many
@@ -108,8 +109,12 @@ def _window_shapes(mask: np.ndarray, prob: np.ndarray, y0: int, first: bool) -> 
     edge[top] = True
     edge[bottom] = True
     shifted = Affine.translation(0, y0)
-    shapes = rasterio.features.shapes(labels, mask=labels > 0, connectivity=4, transform=shifted)
-    pieces, values = _polygons(shapes)
+    if polygonize.available():  # the same polygons, without holding the GIL
+        pieces, values = polygonize.polygonize(labels, shifted)
+    else:
+        shapes = rasterio.features.shapes(labels, mask=labels > 0, connectivity=4,
+                                          transform=shifted)  # fmt: skip
+        pieces, values = _polygons(shapes)
     return _WindowShapes(y0, n, pixels, probs, bottom, labels[0].copy(), labels[-1].copy(),
                          pieces, values, ~edge[values])  # fmt: skip
 

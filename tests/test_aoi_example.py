@@ -5,42 +5,32 @@ this command's --preview)."""
 from __future__ import annotations
 
 import json
+import shlex
+from pathlib import Path
 
 import geopandas as gpd
 import pytest
 
-PARCELS_PY = """
-# five parcels of the demo scene, each with what to find in it
-import geopandas as gpd
-from shapely import Polygon
+REPO = Path(__file__).resolve().parents[1]
 
 
-def parcel(*corners):  # demo-scene pixels (column, row) -> EPSG:32633 metres
-    return Polygon([(448000 + 0.5 * c, 5412000 - 0.5 * r) for c, r in corners])
-
-
-gpd.GeoDataFrame(
-    {"parcel": ["P-101", "P-102", "P-103", "P-104", "P-105"],
-     "query": ["the white storage tank", "the gray storage tank", "the yellow vehicle",
-               "the green tennis court", "the red vehicle"]},
-    geometry=[parcel((585, 415), (700, 420), (695, 525), (590, 520)),
-              parcel((280, 535), (390, 540), (385, 645), (285, 640)),
-              parcel((245, 845), (355, 850), (350, 955), (250, 950)),
-              parcel((945, 205), (1055, 210), (1050, 315), (950, 310)),
-              parcel((925, 1045), (1035, 1050), (1030, 1155), (930, 1150))],
-    crs="EPSG:32633",
-).to_file("parcels.gpkg")
-"""
-
-COMMAND = ("segment --demo --aoi parcels.gpkg --expression-field query --keep-fields parcel "
-           "--min-area 15 -o found.gpkg --preview parcels.png")  # fmt: skip
+def _readme_example() -> tuple[str, str]:
+    """The parcels script and the command, read from README.md between <!-- aoi-example -->
+    markers so the two cannot drift apart."""
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    block = text.split("<!-- aoi-example -->")[1].split("<!-- /aoi-example -->")[0]
+    script = block.split("```python")[1].split("```")[0]
+    shell = block.split("```bash")[1].split("```")[0]
+    command = " ".join(shell.replace("\\\n", " ").split("fiacli ", 1)[1].split())
+    return script, command
 
 
 @pytest.mark.slow  # the demo model loads (about 10 s on 2 cores); the runs take a second
 def test_readme_parcels_example(run_cli, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    exec(compile(PARCELS_PY, "parcels.py", "exec"), {})
-    r = run_cli(*COMMAND.split())
+    script, command = _readme_example()
+    exec(compile(script, "parcels.py", "exec"), {})
+    r = run_cli(*shlex.split(command))
     assert r.exit_code == 0, r.stderr
     assert "AOI 1: 'the white storage tank'" in r.stdout
     found = gpd.read_file(tmp_path / "found.gpkg")

@@ -126,7 +126,8 @@ def load_average() -> str:
     return " ".join(Path("/proc/loadavg").read_text().split()[:3])
 
 
-def bench_overhead(size: int, kind: str, folder: Path, repeats: int = 3) -> dict:
+def bench_overhead(size: int, kind: str, folder: Path, repeats: int = 3,
+                   threads: int | None = None) -> dict:  # fmt: skip
     from fiacli.app.pipeline import segment_raster
     from fiacli.geo.raster import open_scene
     from fiacli.geo.tiling import ChipGrid, ChipReader
@@ -159,7 +160,8 @@ def bench_overhead(size: int, kind: str, folder: Path, repeats: int = 3) -> dict
         cpu_pure.append(cpu)
         t0, c0 = time.perf_counter(), time.process_time()
         result = segment_raster(scene, text, [folder / "o.tif", folder / "o.gpkg"],
-                                predictor=model, overwrite=True, batch_size=4)  # fmt: skip
+                                predictor=model, overwrite=True, batch_size=4,
+                                threads=threads)  # fmt: skip
         e2es.append(time.perf_counter() - t0)
         cpu_e2e.append(time.process_time() - c0)
         inside = result.timings_s["model"] + result.timings_s["encode"]
@@ -178,11 +180,12 @@ def bench_overhead(size: int, kind: str, folder: Path, repeats: int = 3) -> dict
         ],  # fmt: skip
         "end_to_end_over_model_time_in_same_run": [round(r, 3) for r in internal],
         "pipeline_timings_s": result.timings_s,
+        "threads": result.stages.get("threads"),
         "load_average": load_average(),
     }
 
 
-def child_memory(scene: str, out: str, kind: str) -> None:
+def child_memory(scene: str, out: str, kind: str, threads: int | None = None) -> None:
     """Runs in a fresh interpreter: one segmentation, then report RSS figures as JSON."""
     from fiacli.app.pipeline import segment_raster
 
@@ -197,13 +200,15 @@ def child_memory(scene: str, out: str, kind: str) -> None:
         probabilities=out.replace(".tif", "-p.tif"),
         predictor=model,
         overwrite=True,
+        threads=threads,
     )  # every output: mask, probabilities, polygons
     print(json.dumps({"rss_before_mb": round(before, 1), "peak_rss_mb": round(rss_mb(), 1),
                       "seconds": round(time.perf_counter() - t0, 1),
                       "polygons": result.per_expression[0]["polygons"]}))  # fmt: skip
 
 
-def bench_memory(sizes: list[tuple[int, int]], kind: str, folder: Path) -> dict:
+def bench_memory(sizes: list[tuple[int, int]], kind: str, folder: Path,
+                 threads: int | None = None) -> dict:  # fmt: skip
     runs = {}
     for width, height in sizes:
         t0 = time.perf_counter()
@@ -211,6 +216,8 @@ def bench_memory(sizes: list[tuple[int, int]], kind: str, folder: Path) -> dict:
         made = time.perf_counter() - t0
         cmd = [sys.executable, str(HERE), "--_child", str(scene),
                str(folder / f"mem{width}x{height}-o.tif"), "--model", kind]  # fmt: skip
+        if threads:
+            cmd += ["--threads", str(threads)]
         out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
         record = json.loads(out.strip().splitlines()[-1])
         record["generate_s"] = round(made, 1)
@@ -220,6 +227,7 @@ def bench_memory(sizes: list[tuple[int, int]], kind: str, folder: Path) -> dict:
     peaks = [r["peak_rss_mb"] for r in runs.values()]
     return {
         "model": kind,
+        "threads": threads or "default",
         "runs": runs,
         "peak_rss_ratio_last_over_first": round(peaks[-1] / peaks[0], 3),
         "load_average": load_average(),
@@ -472,10 +480,13 @@ def main() -> None:
         help="folder for the generated throughput scene (default ~/.cache/fiacli-bench)",
     )
     ap.add_argument("--rounds", type=int, default=2, help="throughput: rounds (best kept)")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="overhead/memory: segment's --threads (default: its own default, 1 "
+                    "for a model on the CPU)")  # fmt: skip
     ap.add_argument("--_child", nargs=2, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args._child:
-        child_memory(*args._child, args.model or "numpy")
+        child_memory(*args._child, args.model or "numpy", args.threads)
         return
     only = set(args.only.split(","))
     report = {}
@@ -483,12 +494,13 @@ def main() -> None:
         folder = Path(tmp)
         if "overhead" in only:
             size = 1000 if args.quick else 2000
-            report["overhead"] = bench_overhead(size, args.model or "fianet-tiny", folder)
+            report["overhead"] = bench_overhead(size, args.model or "fianet-tiny", folder,
+                                                threads=args.threads)  # fmt: skip
             print(json.dumps({"overhead": report["overhead"]}, indent=2), flush=True)
         if "memory" in only:
             default = "1000x1000,6000x6000" if args.quick else "2000x2000,20000x20000"
             sizes = _sizes(args.memory_sizes or default)
-            report["memory"] = bench_memory(sizes, args.memory_model, folder)
+            report["memory"] = bench_memory(sizes, args.memory_model, folder, args.threads)
             print(json.dumps({"memory": report["memory"]}, indent=2), flush=True)
         if "vector" in only:
             size = 4000 if args.quick else 10000

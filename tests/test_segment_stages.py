@@ -332,7 +332,10 @@ def test_block_windows_partition_the_scene_and_bound_memory():
         assert u.y % 512 == 0 and u.x % 512 == 0  # whole blocks: each decoded once
         covered[u.y : u.y + u.height, u.x : u.x + u.width] += 1
     assert (covered == 1).all()
-    assert max(u.width for u in plan.units) <= 4096 and plan.live <= 2 * 3 + 1
+    from fiacli.geo.tiling import UNIT_COLUMNS
+
+    groups = len({u.x for u in plan.units})  # windows across a row
+    assert max(u.width for u in plan.units) <= UNIT_COLUMNS and plan.live <= 2 * groups + 1
     for k, chip in enumerate(grid):  # every chip lies in the windows it is cut from
         area = sum(
             max(0, min(chip.y + chip.height, plan.units[u].y + plan.units[u].height)
@@ -452,3 +455,19 @@ def test_the_torch_blender_is_row_stitcher_bit_for_bit(h, w, chip, overlap, blen
     cpu = torch.device("cpu")
     a, b = _blend_both(grid, blend, lambda g: TorchBlender(g, 2, blend, cpu), seed=1)
     assert np.array_equal(a, b)
+
+
+class CpuTorchOracle(Oracle):
+    device = torch.device("cpu")
+
+
+def test_a_model_on_the_cpu_runs_the_stages_in_turn_by_default(tmp_path):
+    scene = write_tif(tmp_path / "s.tif", random_rgb(100, 100))
+    r = segment_raster(scene, "red", tmp_path / "a.tif", predictor=CpuTorchOracle(), chip=32,
+                       overlap=8)  # fmt: skip
+    assert r.stages["threads"] == 1  # the model keeps the cores
+    r = segment_raster(scene, "red", tmp_path / "b.tif", predictor=Oracle(), chip=32, overlap=8)
+    assert r.stages["threads"] == pipeline.resolve_threads(None)
+    r = segment_raster(scene, "red", tmp_path / "c.tif", predictor=CpuTorchOracle(), chip=32,
+                       overlap=8, threads=3)  # fmt: skip
+    assert r.stages["threads"] == 3

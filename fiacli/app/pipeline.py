@@ -1,10 +1,27 @@
 """``fiacli segment`` as a library: streaming tiled inference on scenes of any size.
 
-The scene is never in memory. A background thread reads chips (``--chip`` pixels, ``--overlap``
-apart, edge chips shifted back inside the scene) and batches them; the model runs on the main
-thread; :class:`~fiacli.geo.tiling.RowStitcher` blends the probabilities and hands out rows as
-soon as no later chip can touch them; those rows are thresholded, optionally opened, written to
-tiled GeoTIFFs and fed to the streaming vectoriser. Peak memory is one chip row of the scene.
+The scene is never in memory. The run is stages that overlap, joined by small bounded queues
+(:mod:`fiacli.geo.flow`), so memory stays flat and the slowest stage sets the pace:
+
+* read: ``--threads`` reader threads, each with its own handle on the scene, decode windows of
+  whole source blocks (each block once) and a batching thread cuts chips from them (``--chip``
+  pixels, ``--overlap`` apart, edge chips shifted back inside the scene) in order
+  (:class:`~fiacli.geo.tiling.ChipReader`);
+* model: on the calling thread, which owns the device (``--batch-size auto``: the largest batch
+  that fits a CUDA device; out of memory halves it once);
+* write: :class:`~fiacli.geo.tiling.RowBlender` blends the probabilities (on CUDA: on the device,
+  :mod:`fiacli.app.device_stream`) and hands out rows as soon as no later chip can touch them;
+  they are thresholded, optionally opened and written to tiled GeoTIFFs;
+* vectorise: a thread joins windows of rows into polygons, which a pool of threads labels,
+  polygonises and unions, and a spooling thread batches them out
+  (:class:`~fiacli.geo.vectorize.PolygonWriter`).
+
+``--threads 1`` runs the same stages one after the other on the calling thread: the outputs are
+the same, bit for bit, whatever the threads and the batch size. The first error of any stage
+(a damaged tile, a full disk, CUDA out of memory, Ctrl-C) stops every stage, names the window or
+chips, leaves nothing under a final name, and no thread running. The manifest's ``stages`` has
+each stage's busy and waiting seconds and the one that bounds the run. Peak memory is about one
+chip row of the scene, whatever its height.
 
 Spatial words ("on the left") are relative to what the model sees, so ``scope`` says which image
 that is. ``chip``: every chip is segmented with the full expression, so "left" means the left of
@@ -303,7 +320,7 @@ def _run(scene: Scene, grid: ChipGrid, texts: list[str], outs: Outputs,
     encoded = encode_all(predictor, texts, drop_position=scope == "scene",
                          show_progress=show_progress)  # fmt: skip
     timings["encode"] = time.perf_counter() - t0
-    threads = resolve_threads(opts.threads)
+    threads = resolve_threads(opts.threads, predictor)
     batch_size = resolve_batch_size(opts.batch_size, predictor, grid.chip, encoded[0])
     flow = Flow()
 
@@ -472,10 +489,16 @@ def encode_all(predictor: ChipPredictor, texts: Sequence[str], *, drop_position:
                          on_batch=lambda n: bar.advance(task, n)))  # fmt: skip
 
 
-def resolve_threads(threads: int | None) -> int:
-    """``--threads``: None (or 0) means every CPU this process may use."""
+def resolve_threads(threads: int | None, predictor: Any = None) -> int:
+    """``--threads``: a number, or None (or 0): every CPU this process may use, except when the
+    model itself computes on the CPU (a predictor whose ``device`` is the CPU): then 1, the
+    stages in turn between model calls, so that the model keeps every core (with fianet-tiny on
+    2 cores the overlapped stages took more CPU time than they saved: end to end / model time
+    1.07-1.09 vs 1.04-1.06 in turn)."""
     if threads:
         return int(threads)
+    if getattr(getattr(predictor, "device", None), "type", None) == "cpu":
+        return 1
     try:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # not Linux
@@ -695,7 +718,7 @@ class _Stream:
         depth = 2  # batches ready ahead of the model
         reader = ChipReader(self.scene, grid, self.batch_size, depth,
                             threads=0 if serial else self.threads, flow=flow)  # fmt: skip
-        q: queue.Queue[Any] = queue.Queue(maxsize=2)
+        q: queue.Queue[Any] = queue.Queue(maxsize=1)  # a batch's maps waiting to be blended
         writer = None
         t_start = time.perf_counter()
         with bar, reader:
@@ -709,6 +732,7 @@ class _Stream:
                 pixels = self.stage(batch.pixels) if self.on_device else batch.pixels
                 item = (batch, self._predict(batch, pixels))
                 reader.recycle(batch)  # its pixels are on the device or through the model
+                batch.pixels = pixels = None  # the writer needs the chips' places, not pixels
                 items = self._on_device(item) if self.on_device else [item]
                 for it in items:
                     if serial:

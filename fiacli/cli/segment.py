@@ -202,7 +202,8 @@ def segment(
         int | None,
         typer.Option(
             help="Threads for reading, writing and vectorising (1: every stage in turn on one "
-            "thread; outputs are the same). \\[default: every CPU]",
+            "thread; outputs are the same). \\[default: every CPU; 1 with a model on the CPU, "
+            "which needs the cores]",
             min=0,
         ),
     ] = None,

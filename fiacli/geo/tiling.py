@@ -422,7 +422,7 @@ class ReadPlan:
 
 
 MIN_UNIT_ROWS = 64  # windows of whole blocks: about a chip tall, at least this many rows
-UNIT_COLUMNS = 4096  # and about this many columns (bounded memory on wide scenes)
+UNIT_COLUMNS = 2048  # and about this many columns (bounded memory on wide scenes)
 
 
 def _unit_extent(block: int, length: int, target: int) -> int:

@@ -523,10 +523,10 @@ class PolygonWriter:
         self.clock = flow.clock("vectorize", max(workers, 1)) if flow is not None else None
         self.feed_clock = flow.clock("write") if flow is not None else None
         self.spool_clock = flow.clock("spool") if flow is not None else None
-        self._queue: queue.Queue[Any] = queue.Queue(maxsize=4)  # rows: 4 x 64 x width, 2 B
+        self._queue: queue.Queue[Any] = queue.Queue(maxsize=2)  # rows: 2 x 64 x width, 2 B
         self._closed: queue.Queue[Any] = queue.Queue(maxsize=4)
         self._threads: list[Any] = []
-        self._backlog = 2 * max(workers, 1)  # windows analysed ahead of the joining
+        self._backlog = max(workers, 1)  # windows analysed ahead of the joining
         self.counts = [0] * len(self.expressions)
         self.frame_options = {"transform": transform, "crs": crs, "min_area": min_area,
                               "simplify": simplify}  # fmt: skip

@@ -63,17 +63,11 @@ def _demo_arguments(scene: str | None, expression: list[str] | None) -> tuple[st
 
 def _read_expressions(positional: list[str] | None, repeated: list[str] | None,
                       file: Path | None) -> list[str]:  # fmt: skip
-    from fiacli.core.errors import FiacliError
+    from fiacli.text.parsing import read_expression_file
 
     texts = [*(positional or []), *(repeated or [])]
     if file is not None:
-        try:
-            lines = file.read_text(encoding="utf-8").splitlines()
-        except (OSError, UnicodeDecodeError) as exc:
-            raise FiacliError(f"cannot read --expressions {file}: {exc}") from None
-        texts += [ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
-        if not texts:
-            raise FiacliError(f"--expressions {file} holds no expression")
+        texts += read_expression_file(file)
     return texts
 
 

@@ -31,7 +31,6 @@ are on it, and each VRT reads the source file at that resolution (bilinear).
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import json
 import os
 import shutil
@@ -53,7 +52,7 @@ from rasterio.windows import Window
 from scipy import ndimage
 
 from fiacli import __version__
-from fiacli.app.pipeline import ChipPredictor, SegmentResult, segment_raster
+from fiacli.app.pipeline import ChipPredictor, SegmentResult, segment_raster, write_manifest
 from fiacli.app.segment_options import (
     Outputs,
     SegmentOptions,
@@ -445,7 +444,7 @@ def run_areas(
             timings["areas"] = time.perf_counter() - t0
             result = runner.finish(tmp, timings, t_start, union)
         if outs.manifest is not None:
-            _write_manifest(outs.manifest, result, model_info, overwrite=opts.overwrite)
+            write_manifest(outs.manifest, result, model_info, overwrite=opts.overwrite)
     return result
 
 
@@ -781,19 +780,6 @@ def _source_name(scene: str) -> str:
     if scene.startswith("/vsi") or "://" in scene:
         return scene
     return str(Path(scene).resolve())
-
-
-def _write_manifest(path: Path, result: AreaResult, model_info: dict[str, Any] | None, *,
-                    overwrite: bool) -> None:  # fmt: skip
-    payload = {
-        "fiacli_version": __version__,
-        "command": "segment",
-        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "model": model_info,
-        **result.to_dict(),
-    }
-    with atomic_output(path, overwrite=overwrite) as tmp:
-        tmp.write_text(json.dumps(payload, indent=2, default=str) + "\n")
 
 
 __all__ = [

@@ -418,7 +418,7 @@ def _run(scene: Scene, grid: ChipGrid, texts: list[str], outs: Outputs,
             },
         )
         if outs.manifest is not None:
-            _write_manifest(outs.manifest, result, model_info, overwrite=opts.overwrite)
+            write_manifest(outs.manifest, result, model_info, overwrite=opts.overwrite)
     return result
 
 
@@ -807,9 +807,10 @@ def _read_notes(scene: Scene, valid_pixels: int) -> list[str]:
     return notes
 
 
-def _write_manifest(path: Path, result: SegmentResult, model_info: dict[str, Any] | None, *,
-                    overwrite: bool) -> None:  # fmt: skip
-    """Provenance beside the outputs: model, expressions, options, fiacli version."""
+def write_manifest(path: Path, result: Any, model_info: dict[str, Any] | None, *,
+                   overwrite: bool) -> None:  # fmt: skip
+    """Provenance beside the outputs: model, expressions, options, fiacli version (``result``
+    is a :class:`SegmentResult` or anything with ``to_dict()``, e.g. an area run's result)."""
     payload = {
         "fiacli_version": __version__,
         "command": "segment",

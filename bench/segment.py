@@ -430,6 +430,7 @@ def bench_codecs(size: int, cache: Path, folder: Path) -> dict:
                     t0 = time.perf_counter()
                     w = RasterRowWriter(path, width=size, height=size, count=1,
                                         transform=Affine.identity(), crs=None, threads=threads,
+                                        compress_threads=threads,
                                         nodata=255 if kind == "mask" else None,
                                         internal_mask=kind != "mask", compress=codec,
                                         level=level)  # fmt: skip

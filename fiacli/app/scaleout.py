@@ -417,7 +417,7 @@ class JobProgress:
 
     def __exit__(self, *exc: object) -> None:
         self.stop.set()
-        if self.thread is not None:
+        if self.thread is not None and self.thread.is_alive():  # a signal may stop its start
             self.thread.join(timeout=5)
 
 

@@ -133,10 +133,15 @@ class Flow:
                 clock.add(wait_in=time.perf_counter() - t0)
 
     def close(self) -> None:
-        """Stop every stage and join its thread."""
+        """Stop every stage and join its thread.
+
+        A thread whose start a signal interrupted may never have run: joining it would raise
+        ``RuntimeError`` over the signal's own exception, so only live threads are joined.
+        """
         self.stop.set()
         for thread in self.threads:
-            thread.join(timeout=JOIN_S)
+            if thread.is_alive():
+                thread.join(timeout=JOIN_S)
 
     def __enter__(self) -> Flow:
         return self

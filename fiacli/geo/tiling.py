@@ -676,6 +676,7 @@ class ChipReader:
         if any(t.is_alive() for t in mine):  # left early: stop the readers before closing
             self.stop.set()
         for t in mine:
-            t.join(timeout=60)
+            if t.is_alive():
+                t.join(timeout=60)
         self._close_clones()
         self._done.clear()

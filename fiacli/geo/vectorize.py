@@ -548,7 +548,8 @@ class PolygonWriter:
         if any(t.is_alive() for t in self._threads):
             self.flow.stop.set()
             for thread in self._threads:
-                thread.join(timeout=60)
+                if thread.is_alive():
+                    thread.join(timeout=60)
         if self.pool is not None:
             self.pool.shutdown(wait=True, cancel_futures=True)
         for suffix in ("", "-journal", "-wal", "-shm"):

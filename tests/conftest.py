@@ -52,3 +52,42 @@ def run_cli() -> Callable[..., CliResult]:
         return CliResult(result.exit_code, result.stdout, result.stderr)
 
     return run
+
+
+@pytest.fixture
+def oracle(monkeypatch):
+    """The CLI's model loader returns the tests' oracle model and records each load as
+    ``(path, device, precision)``, so a test can see what was loaded (or that nothing was)."""
+    from _oracle import Oracle
+
+    import fiacli.app.pipeline
+
+    model = Oracle()
+    model.loaded = []
+
+    def load(path, *, device="auto", precision="fp32"):
+        model.loaded.append((str(path), device, precision))
+        return model
+
+    monkeypatch.setattr(fiacli.app.pipeline, "load_predictor", load)
+    return model
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models on a shared CPU: one thread avoids OpenMP oversubscription stalls (and every
+    run compared in a module uses the same thread count, which fixes the float summation order)."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """A small synthetic dataset in RefSegRS's layout (train_helpers.make_synth), one per module."""
+    from train_helpers import make_synth
+
+    return make_synth(tmp_path_factory.mktemp("synth") / "data")

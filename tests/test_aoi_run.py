@@ -17,8 +17,8 @@ import rasterio
 import rasterio.features
 import shapely
 from _oracle import UTM_TRANSFORM, Oracle, random_rgb, read, write_tif
+from cli_helpers import one_line
 
-import fiacli.app.pipeline
 from fiacli.app import areas as areas_module
 from fiacli.app.api import Segmenter
 from fiacli.app.areas import AreaOptions, segment_areas
@@ -340,25 +340,6 @@ def test_options_that_do_not_fit_together_are_usage_errors():
 
 
 # --- the command line -------------------------------------------------------------------------
-
-
-@pytest.fixture
-def oracle(monkeypatch):
-    """The CLI's model loader returns the oracle; records that it was loaded."""
-    model = Oracle()
-    model.loaded = []
-
-    def load(path, *, device="auto", precision="fp32"):
-        model.loaded.append(str(path))
-        return model
-
-    monkeypatch.setattr(fiacli.app.pipeline, "load_predictor", load)
-    return model
-
-
-def one_line(result) -> str:
-    assert result.stderr.count("error:") == 1 and "Traceback" not in result.stderr, result.stderr
-    return " ".join(ln.strip() for ln in result.stderr.splitlines())
 
 
 def test_cli_bbox_and_aoi_dispatch_to_areas(run_cli, oracle, two_squares, tmp_path):

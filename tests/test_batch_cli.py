@@ -13,27 +13,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import typer
-from _oracle import Oracle, random_rgb, read, write_tif
+from _oracle import random_rgb, read, write_tif
+from cli_helpers import one_line
 
-import fiacli.app.pipeline
 from fiacli.app.batch import BATCH_FIELD_NAMES, BatchOptions
 from fiacli.cli import app
 
 pytestmark = pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning")
-
-
-@pytest.fixture
-def oracle(monkeypatch):
-    """The CLI's model loader returns the oracle; records what it was asked for."""
-    model = Oracle()
-    model.loaded = []
-
-    def load(path, *, device="auto", precision="fp32"):
-        model.loaded.append((str(path), device, precision))
-        return model
-
-    monkeypatch.setattr(fiacli.app.pipeline, "load_predictor", load)
-    return model
 
 
 @pytest.fixture
@@ -42,11 +28,6 @@ def folder(tmp_path):
     for i, (h, w) in enumerate([(90, 110), (70, 64), (64, 80)]):
         write_tif(tmp_path / "tiles" / f"t{i}.tif", random_rgb(h, w, seed=i))
     return tmp_path
-
-
-def one_line(result) -> str:
-    assert result.stderr.count("error:") == 1 and "Traceback" not in result.stderr, result.stderr
-    return " ".join(ln.strip() for ln in result.stderr.splitlines())
 
 
 def test_batch_options_are_cli_options_with_the_same_defaults():

@@ -14,13 +14,7 @@ from train_helpers import make_synth, tiny_config
 
 from fiacli.training.evaluate import evaluate_split, overlay_image
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 class _Oracle(nn.Module):

@@ -20,9 +20,8 @@ def test_a_signal_during_a_thread_start_is_raised_not_hidden_by_join(monkeypatch
         raise _Hangup  # the handler ran before the thread was started
 
     monkeypatch.setattr(threading.Thread, "start", interrupted_start)
-    with pytest.raises(_Hangup):
-        with Flow() as flow:
-            flow.spawn("stage", started.set)
+    with pytest.raises(_Hangup), Flow() as flow:
+        flow.spawn("stage", started.set)
     assert not started.is_set()
 
 
@@ -38,6 +37,5 @@ def test_the_first_error_of_a_stage_is_raised_on_leaving() -> None:
     def boom() -> None:
         raise ValueError("stage failed")
 
-    with pytest.raises(ValueError, match="stage failed"):
-        with Flow() as flow:
-            flow.spawn("stage", boom).join()
+    with pytest.raises(ValueError, match="stage failed"), Flow() as flow:
+        flow.spawn("stage", boom).join()

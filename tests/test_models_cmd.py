@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 from _oracle import Oracle, random_rgb, write_tif
+from cli_helpers import one_line
 
 import fiacli.app.pipeline
 from fiacli.app.demo import DEMO_MODEL_FILE, DEMO_MODEL_NAME, demo_model_path
@@ -37,11 +38,6 @@ def home(tmp_path, monkeypatch):
 @pytest.fixture
 def ckpt(tmp_path):
     return fake_checkpoint(tmp_path / "mine.safetensors")
-
-
-def one_line(r) -> str:
-    assert r.stderr.count("error:") == 1 and "Traceback" not in r.stderr, r.stderr
-    return " ".join(r.stderr.split())
 
 
 def test_config_folder_follows_fiacli_home_then_xdg(tmp_path, monkeypatch, home):

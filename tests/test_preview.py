@@ -117,13 +117,6 @@ def test_nothing_found_still_writes_a_titled_preview(scene, tmp_path):
     assert image.text["Title"] == "the green box"
 
 
-@pytest.fixture
-def oracle(monkeypatch):
-    model = Oracle()
-    monkeypatch.setattr(fiacli.app.pipeline, "load_predictor", lambda *a, **k: model)
-    return model
-
-
 def test_cli_preview_option(run_cli, oracle, scene, tmp_path):
     png = tmp_path / "look.png"
     r = run_cli("segment", str(scene), "the red box", "-m", "m.safetensors",

@@ -8,7 +8,8 @@ import os
 import geopandas as gpd
 import numpy as np
 import pytest
-from _oracle import Oracle, random_rgb, read, write_tif
+from _oracle import random_rgb, read, write_tif
+from cli_helpers import one_line
 
 import fiacli.app.pipeline
 
@@ -16,28 +17,8 @@ pytestmark = pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreference
 
 
 @pytest.fixture
-def oracle(monkeypatch):
-    """The CLI's model loader returns the oracle; records what it was asked for."""
-    model = Oracle()
-    model.loaded = []
-
-    def load(path, *, device="auto", precision="fp32"):
-        model.loaded.append((str(path), device, precision))
-        return model
-
-    monkeypatch.setattr(fiacli.app.pipeline, "load_predictor", load)
-    return model
-
-
-@pytest.fixture
 def scene(tmp_path):
     return write_tif(tmp_path / "scene.tif", random_rgb(90, 110))
-
-
-def one_line(result) -> str:
-    """The error message, asserting it is a single ``error:`` line (the terminal may wrap it)."""
-    assert result.stderr.count("error:") == 1 and "Traceback" not in result.stderr, result.stderr
-    return " ".join(ln.strip() for ln in result.stderr.splitlines())
 
 
 def test_segment_writes_outputs_and_json_summary(run_cli, oracle, scene, tmp_path):

@@ -8,24 +8,11 @@ import json
 import pytest
 import torch
 import yaml
-from train_helpers import TINY_MODEL, make_synth, tiny_config, weights
+from train_helpers import TINY_MODEL, tiny_config, weights
 
 from fiacli.core.errors import FiacliError
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models on a shared CPU: one thread avoids OpenMP oversubscription stalls (and every
-    run compared here uses the same thread count, which fixes the float summation order)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    return make_synth(tmp_path_factory.mktemp("synth") / "data")
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

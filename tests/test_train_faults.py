@@ -7,22 +7,11 @@ import errno
 
 import pytest
 import torch
-from train_helpers import make_synth, tiny_config, weights
+from train_helpers import tiny_config, weights
 
 from fiacli.core.errors import FiacliError, UsageError
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    return make_synth(tmp_path_factory.mktemp("synth") / "data")
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _config(data, out, **extra):

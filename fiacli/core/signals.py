@@ -16,7 +16,7 @@ import contextlib
 import os
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from types import FrameType
 from typing import Any
 
@@ -96,8 +96,16 @@ def signals_as_interrupts() -> Iterator[None]:
         fired = True
         raise Interrupted(signum)
 
+    with _handling(TERMINATING, handler):
+        yield
+
+
+@contextlib.contextmanager
+def _handling(signals: tuple[int, ...], handler: Callable[[int, FrameType | None], None]
+              ) -> Iterator[None]:  # fmt: skip
+    """``handler`` for each of ``signals`` that is not ignored, the previous ones back after."""
     previous: dict[int, Any] = {}
-    for sig in TERMINATING:
+    for sig in signals:
         current = signal.getsignal(sig)
         if current == signal.SIG_IGN:
             continue
@@ -106,7 +114,7 @@ def signals_as_interrupts() -> Iterator[None]:
     try:
         yield
     finally:
-        for sig, old in previous.items():
+        for sig, old in previous.items():  # None: set outside Python; the default then
             signal.signal(sig, old if old is not None else signal.SIG_DFL)
 
 
@@ -149,19 +157,11 @@ def deferred_signals() -> Iterator[None]:
     def hold(signum: int, frame: FrameType | None) -> None:
         pending.append(signum)
 
-    previous: dict[int, Any] = {}
-    for sig in DEFERRED:
-        current = signal.getsignal(sig)
-        if current == signal.SIG_IGN or current is None:
-            continue
-        previous[sig] = current
-        signal.signal(sig, hold)
     try:
-        yield
+        with _handling(DEFERRED, hold):
+            yield
     finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
-        if pending:
+        if pending:  # delivered even when the block failed: a preemption must not be lost
             signal.raise_signal(pending[0])  # the restored handler acts on it now
 
 

@@ -43,6 +43,15 @@ def test_every_command_has_help(run_cli, command):
     assert "Usage:" in result.stdout
 
 
+def test_help_imports_no_heavy_library():
+    """``fiacli --help`` (and every command's start) builds the options without rasterio,
+    scipy, GEOS or torch: those load only in the command that needs them."""
+    heavy = ("rasterio", "scipy", "shapely", "geopandas", "numpy", "torch", "transformers", "nltk")
+    code = f"import sys, fiacli.cli; print(*[m for m in {heavy!r} if m in sys.modules])"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == []
+
+
 def test_user_error_is_one_line_without_traceback(tmp_path):
     from fiacli.core.errors import FiacliError
 

@@ -20,11 +20,7 @@ from typing import Any, Literal, get_args
 
 from fiacli.core.errors import UsageError
 from fiacli.core.io import check_output_path, refuse_overwriting_inputs
-from fiacli.geo.preview import check_preview_path
-from fiacli.geo.raster import open_scene, parse_bands
-from fiacli.geo.read_errors import ON_READ_ERRORS, OnReadError
-from fiacli.geo.tiling import BLENDS, Blend
-from fiacli.geo.vectorize import VECTOR_DRIVERS
+from fiacli.geo.choices import BLENDS, ON_READ_ERRORS, VECTOR_DRIVERS, Blend, OnReadError
 
 Scope = Literal["chip", "scene"]
 SCOPES: tuple[str, ...] = get_args(Scope)
@@ -63,6 +59,8 @@ class SegmentOptions:
     on_read_error: OnReadError = "fail"  # a damaged window: fail naming it, or skip as nodata
 
     def __post_init__(self) -> None:
+        from fiacli.geo.raster import parse_bands  # here: the CLI imports this module for --help
+
         # accept what a caller naturally has: "4,3,2" or a list for bands, str for paths
         object.__setattr__(self, "bands", parse_bands(self.bands))
         size = self.batch_size
@@ -184,6 +182,8 @@ class Outputs:
 
 def plan_outputs(output: PathLike | Sequence[PathLike], options: SegmentOptions) -> Outputs:
     """Sort outputs by extension and refuse, before any work, what cannot be written."""
+    from fiacli.geo.preview import check_preview_path
+
     paths = [Path(output)] if isinstance(output, (str, os.PathLike)) else [Path(p) for p in output]
     if not paths and options.probabilities is None and options.preview is None:
         raise UsageError("no output given: pass -o OUT.gpkg, OUT.tif, …")
@@ -252,6 +252,8 @@ def preflight(
 
     No output may be one of the inputs, -f or not: the scene and every file GDAL reads with it
     (a VRT's sources, .ovr, .aux.xml), and ``inputs`` (the model, an expressions file)."""
+    from fiacli.geo.raster import open_scene
+
     options.check()
     texts = clean_expressions(expressions)
     outputs = plan_outputs(output, options)

@@ -11,8 +11,7 @@ from fiacli.app.segment_options import Scope
 from fiacli.cli.common import command, examples
 from fiacli.cli.options import Device, JsonOutput, Overwrite
 from fiacli.core.device import Precision
-from fiacli.geo.read_errors import OnReadError
-from fiacli.geo.tiling import Blend
+from fiacli.geo.choices import Blend, OnReadError
 
 HELP = (
     "Segment the object an expression describes in a scene of any size.\n\n"

@@ -25,14 +25,13 @@ import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Literal, TypeVar, get_args
+from typing import Any, TypeVar
 
 import numpy as np
 
 from fiacli.core.errors import FiacliError
+from fiacli.geo.choices import ON_READ_ERRORS, OnReadError
 
-OnReadError = Literal["fail", "skip"]
-ON_READ_ERRORS: tuple[str, ...] = get_args(OnReadError)
 T = TypeVar("T")
 
 # GDAL warnings during a read that do not mean the pixels are wrong

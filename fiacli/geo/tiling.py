@@ -15,18 +15,17 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal, get_args
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from fiacli.core.errors import FiacliError, UsageError
+from fiacli.geo.choices import Blend
 from fiacli.geo.raster import FILL_RGB
 
 if TYPE_CHECKING:
     from fiacli.geo.raster import Scene
 
-Blend = Literal["cosine", "crop", "none"]
-BLENDS: tuple[str, ...] = get_args(Blend)
 READ_CHIPS = 16  # chips of a row read in one call (see ChipReader._block)
 
 

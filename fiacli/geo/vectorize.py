@@ -33,6 +33,7 @@ from scipy import ndimage
 
 from fiacli.core.errors import FiacliError
 from fiacli.geo import polygonize
+from fiacli.geo.choices import VECTOR_DRIVERS
 
 FOUR = ndimage.generate_binary_structure(2, 1)
 # What memory holds of the results: closed polygons go to the spool once they total this many
@@ -40,13 +41,6 @@ FOUR = ndimage.generate_binary_structure(2, 1)
 # copied to each output this many features at a time.
 SPOOL_VERTICES = 200_000
 COPY_FEATURES = 2_000
-VECTOR_DRIVERS = {
-    ".gpkg": "GPKG",
-    ".geojson": "GeoJSON",
-    ".shp": "ESRI Shapefile",
-    ".fgb": "FlatGeobuf",
-    ".parquet": "Parquet",
-}
 
 
 @dataclass

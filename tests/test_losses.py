@@ -1,4 +1,5 @@
-"""0.9·weighted CE + 0.1·Dice against values computed by hand."""
+"""0.9·weighted CE + 0.1·Dice (summed over (sample, class) pairs, as released) against values
+computed by hand."""
 
 from __future__ import annotations
 
@@ -19,18 +20,27 @@ CE = (0.9 * math.log(2) + 1.1 * math.log(4 / 3)) / 2.0
 # Dice per class, s = 1e-6:
 #   background: probs (1/2, 1/4), one-hot (1, 0): (2·1/2 + s) / (3/4 + 1 + s) = 1 / 1.75
 #   object:     probs (1/2, 3/4), one-hot (0, 1): (2·3/4 + s) / (5/4 + 1 + s) = 1.5 / 2.25
-DICE = 1 - (1 / 1.75 + 1.5 / 2.25) / 2
+# released DiceLoss(reduction="sum"): the sum of 1 − dice over the pairs; "mean": their mean
+DICE = (1 - 1 / 1.75) + (1 - 1.5 / 2.25)
 
 
 def test_dice_by_hand():
     assert dice_loss(LOGITS, TARGET).item() == pytest.approx(DICE, abs=1e-6)
-    assert abs(DICE - 0.380952) < 1e-6  # the same number, worked out on paper
+    assert abs(DICE - 0.761905) < 1e-6  # the same number, worked out on paper
+    assert dice_loss(LOGITS, TARGET, reduction="mean").item() == pytest.approx(DICE / 2, abs=1e-6)
 
 
 def test_total_loss_by_hand():
     loss = SegmentationLoss()(LOGITS, TARGET)
     assert loss.item() == pytest.approx(0.9 * CE + 0.1 * DICE, abs=1e-6)
-    assert loss.item() == pytest.approx(0.461222, abs=1e-6)
+    assert loss.item() == pytest.approx(0.499318, abs=1e-6)
+    mean = SegmentationLoss(dice_reduction="mean")(LOGITS, TARGET)
+    assert mean.item() == pytest.approx(0.461222, abs=1e-6)  # fiacli 0.1.0's loss
+
+
+def test_unknown_dice_reduction_is_refused():
+    with pytest.raises(ValueError, match="sum or mean"):
+        dice_loss(LOGITS, TARGET, reduction="max")
 
 
 def test_class_weights_matter():
@@ -41,12 +51,16 @@ def test_class_weights_matter():
     assert weighted(LOGITS, TARGET).item() == pytest.approx(CE)
 
 
-def test_dice_averages_over_samples_and_classes():
-    # sample 2 is perfect (dice 1 for both classes): the mean over 2 samples x 2 classes halves it
+def test_dice_sums_over_samples_and_classes():
+    # sample 2 is perfect (dice 1 for both classes): it adds nothing to the sum, and halves the
+    # mean over 2 samples x 2 classes; a second copy of sample 1 doubles the sum
     perfect = torch.tensor([[[[20.0, -20.0]], [[-20.0, 20.0]]]])
     logits = torch.cat([LOGITS, perfect])
     target = torch.cat([TARGET, TARGET])
-    assert dice_loss(logits, target).item() == pytest.approx(DICE / 2, abs=1e-6)
+    assert dice_loss(logits, target).item() == pytest.approx(DICE, abs=1e-6)
+    assert dice_loss(logits, target, reduction="mean").item() == pytest.approx(DICE / 4, abs=1e-6)
+    twice = dice_loss(torch.cat([LOGITS, LOGITS]), target)
+    assert twice.item() == pytest.approx(2 * DICE, abs=1e-6)
 
 
 def test_empty_target_predicted_empty_costs_nothing():

@@ -44,10 +44,46 @@ def _groups(opt):
     return {id(p) for p in decay["params"]}, {id(p) for p in no_decay["params"]}, decay, no_decay
 
 
-def test_param_groups_follow_the_released_recipe():
+def _params_of(modules, kind) -> set[int]:
+    return {id(p) for m in modules for sub in m.modules() if isinstance(sub, kind)
+            for p in sub.parameters(recurse=False)}  # fmt: skip
+
+
+def test_weight_decay_follows_the_released_rule_on_fianet():
+    """train.py exempts backbone parameters named *norm*, *absolute_pos_embed* or
+    *relative_position_bias_table*; the decoder's and TMEM's BatchNorms and BERT's LayerNorms
+    decay (docs/recipe.md, "Which parameters train")."""
+    from fiacli.models.fianet import FIANet
+    from fiacli.models.presets import minimal_config
+    from fiacli.models.text_encoder import BERT_BASE_UNCASED
+
+    text = {**BERT_BASE_UNCASED, "hidden_size": 32, "num_hidden_layers": 3,
+            "num_attention_heads": 2, "intermediate_size": 64,
+            "max_position_embeddings": 64}  # fmt: skip
+    model = FIANet(minimal_config(text_config=text))  # layer 0 of 3 trains: its LayerNorms decay
+    freeze_for_training(model)
+    decay, no_decay, g_decay, g_no_decay = _groups(build_optimizer(model, 3e-5, 0.01))
+    assert g_decay["weight_decay"] == 0.01 and g_no_decay["weight_decay"] == 0.0
+    swin_norms = _params_of([model.backbone, model.out_norms], nn.LayerNorm)
+    tmem_norms = _params_of(model.tmem.blocks, nn.LayerNorm)
+    tables = {
+        id(p) for n, p in model.named_parameters() if n.endswith("relative_position_bias_table")
+    }
+    assert swin_norms and tmem_norms and tables
+    assert swin_norms | tmem_norms | tables == no_decay
+    batch_norms = _params_of([model.decoder, model.tmem], nn.BatchNorm2d)
+    text_norms = _params_of([model.text_encoder], nn.LayerNorm)
+    assert batch_norms and text_norms & decay
+    assert batch_norms <= decay and not text_norms & no_decay
+    trainable = {id(p) for p in model.parameters() if p.requires_grad}
+    assert trainable == decay | no_decay and not decay & no_decay
+
+
+def test_norm_layers_rule_exempts_every_normalisation_layer():
+    """fiacli 0.1.0's rule, kept for runs started with it: every norm layer by type."""
     model = _FakeFIANet()
     frozen = freeze_for_training(model)
-    opt = build_optimizer(model, lr=3e-5, weight_decay=0.01)
+    opt = build_optimizer(model, lr=3e-5, weight_decay=0.01, rule="norm-layers")
     decay, no_decay, g_decay, g_no_decay = _groups(opt)
     assert g_decay["weight_decay"] == 0.01 and g_no_decay["weight_decay"] == 0.0
     for p in (
@@ -90,7 +126,8 @@ def test_param_groups_follow_the_released_recipe():
 def test_frozen_text_encoder_leaves_no_text_parameter_in_the_optimiser():
     model = _FakeFIANet()
     freeze_for_training(model, freeze_text_encoder=True)
-    decay, no_decay, *_ = _groups(build_optimizer(model, lr=1e-3, weight_decay=0.01))
+    opt = build_optimizer(model, lr=1e-3, weight_decay=0.01, rule="norm-layers")
+    decay, no_decay, *_ = _groups(opt)
     assert not {id(p) for p in model.text_encoder.parameters()} & (decay | no_decay)
 
 

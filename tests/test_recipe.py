@@ -100,3 +100,22 @@ def test_saved_config_round_trips_and_resume_only_changes_runtime_keys(tmp_path)
 def test_resume_without_run_folder(tmp_path):
     with pytest.raises(FiacliError, match="cannot resume"):
         load_run_config(tmp_path, {})
+
+
+def test_new_runs_use_the_released_loss_and_decay_rule_and_old_runs_resume_with_theirs(tmp_path):
+    cfg = resolve_config("refsegrs", overrides={"output": str(tmp_path)})
+    assert (cfg.dice_reduction, cfg.no_decay) == ("sum", "released")
+    save_config(cfg, tmp_path / "config.yaml")
+    saved = yaml.safe_load((tmp_path / "config.yaml").read_text())
+    del saved["dice_reduction"], saved["no_decay"]  # a run folder of fiacli 0.1.0
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(saved))
+    old = load_run_config(tmp_path, {})
+    assert (old.dice_reduction, old.no_decay) == ("mean", "norm-layers")
+
+
+@pytest.mark.parametrize(("key", "value"), [("dice_reduction", "max"), ("no_decay", "none")])
+def test_unknown_loss_or_decay_choice_is_named(tmp_path, key, value):
+    path = tmp_path / "c.yaml"
+    path.write_text(f"{key}: {value}\n")
+    with pytest.raises(UsageError, match=key.replace("_", " ")):
+        resolve_config("refsegrs", config_file=path)

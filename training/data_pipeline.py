@@ -176,6 +176,7 @@ def build_loss(config: Any) -> Callable[[torch.Tensor, torch.Tensor], torch.Tens
         ce_weight=config.ce_weight,
         dice_weight=config.dice_weight,
         class_weights=tuple(config.class_weights),
+        dice_reduction=config.dice_reduction,
     )
 
 

@@ -134,7 +134,9 @@ class Trainer:
             probe = model_inputs(self.data.collate([self.data.train[0]]), self.data, self.device)
             self.frozen += freeze_unused(self.model, probe[0], probe[2])
         self.ddp_model = dist_utils.wrap_model(self.model, self.device, self.dist)
-        self.optimizer = build_optimizer(self.model, config.lr, config.weight_decay)
+        self.optimizer = build_optimizer(
+            self.model, config.lr, config.weight_decay, config.no_decay
+        )
 
         per_rank_batches = len(self.data.train) // (self.dist.world_size * config.batch_size)
         self.steps_per_epoch = per_rank_batches // config.grad_accum

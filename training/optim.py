@@ -2,10 +2,12 @@
 iteration.
 
 Which parameters train, as released:
-- no weight decay on normalisation layers, ``absolute_pos_embed`` and
-  ``relative_position_bias_table`` (fiacli applies the norm rule to every norm layer by type,
-  since its parameter names differ from the released ones; the released code matched the
-  substring ``norm`` in backbone parameter names);
+- no weight decay on the backbone parameters whose *released* name contains ``norm``,
+  ``absolute_pos_embed`` or ``relative_position_bias_table`` (``train.py`` tests the names;
+  fiacli's own names differ, so each is mapped to the released one with
+  :func:`fiacli.models.convert.released_key` first). Everything else decays, the TMEM and decoder
+  BatchNorms and BERT's LayerNorms included. ``rule="norm-layers"`` (fiacli 0.1.0) exempts every
+  normalisation layer by type instead;
 - BERT's embeddings and its last two layers are **not in the optimiser**. fiacli also sets
   ``requires_grad=False`` on them: the weights stay where they were either way, and autograd then
   skips their gradients (and DDP does not wait for them);
@@ -23,7 +25,10 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
+from fiacli.training.recipe import NO_DECAY_RULES, NoDecayRule
+
 NO_DECAY_NAMES = ("absolute_pos_embed", "relative_position_bias_table")
+RELEASED_NO_DECAY_NAMES = ("norm", *NO_DECAY_NAMES)  # substrings of released backbone names
 NORM_TYPES = (
     nn.modules.batchnorm._NormBase,  # BatchNorm*, SyncBatchNorm, InstanceNorm*
     nn.LayerNorm,
@@ -96,29 +101,51 @@ def freeze_unused(model: nn.Module, *inputs: object) -> list[str]:
     return names
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+def released_no_decay(name: str) -> bool:
+    """The released rule (``train.py:262-268``) for fiacli's parameter ``name``.
+
+    A name without a released counterpart (a model other than FIANet) is tested as it is."""
+    from fiacli.models.convert import released_key
+
+    try:
+        key = released_key(name)
+    except KeyError:
+        return any(n in name for n in RELEASED_NO_DECAY_NAMES)
+    return key.startswith("backbone.") and any(n in key for n in RELEASED_NO_DECAY_NAMES)
+
+
+def param_groups(
+    model: nn.Module, weight_decay: float, rule: NoDecayRule = "released"
+) -> list[dict]:
     """Two AdamW groups over the trainable parameters: with and without weight decay."""
-    no_decay: set[int] = set()
-    for module in model.modules():
-        if isinstance(module, NORM_TYPES):
-            no_decay.update(id(p) for p in module.parameters(recurse=False))
+    if rule not in NO_DECAY_RULES:
+        raise ValueError(f"unknown no-decay rule {rule!r}; use {' or '.join(NO_DECAY_RULES)}")
+    norm_layer: set[int] = set()
+    if rule == "norm-layers":
+        for module in model.modules():
+            if isinstance(module, NORM_TYPES):
+                norm_layer.update(id(p) for p in module.parameters(recurse=False))
     decay_params, no_decay_params = [], []
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        if id(p) in no_decay or any(n in name for n in NO_DECAY_NAMES):
-            no_decay_params.append(p)
+        if rule == "released":
+            exempt = released_no_decay(name)
         else:
-            decay_params.append(p)
+            exempt = id(p) in norm_layer or any(n in name for n in NO_DECAY_NAMES)
+        (no_decay_params if exempt else decay_params).append(p)
     return [
         {"params": decay_params, "weight_decay": weight_decay},
         {"params": no_decay_params, "weight_decay": 0.0},
     ]
 
 
-def build_optimizer(model: nn.Module, lr: float, weight_decay: float) -> torch.optim.AdamW:
+def build_optimizer(
+    model: nn.Module, lr: float, weight_decay: float, rule: NoDecayRule = "released"
+) -> torch.optim.AdamW:
     """AdamW over :func:`param_groups` (call :func:`freeze_for_training` first)."""
-    return torch.optim.AdamW(param_groups(model, weight_decay), lr=lr, weight_decay=weight_decay)
+    groups = param_groups(model, weight_decay, rule)
+    return torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay)
 
 
 def poly_scheduler(

@@ -24,6 +24,15 @@ SELECT_METRICS: tuple[SelectMetric, ...] = get_args(SelectMetric)
 # auto: bf16 on CUDA when supported, else fp16; fp32 on CPU
 TrainPrecision = Literal["auto", Precision]
 TRAIN_PRECISIONS: tuple[TrainPrecision, ...] = get_args(TrainPrecision)
+# the Dice term over a batch's (sample, class) pairs: "sum" as released, "mean" as fiacli 0.1.0
+DiceReduction = Literal["sum", "mean"]
+DICE_REDUCTIONS: tuple[DiceReduction, ...] = get_args(DiceReduction)
+# which parameters skip weight decay: "released" by the released code's parameter names (backbone
+# norms and position tables), "norm-layers" every normalisation layer by type (fiacli 0.1.0)
+NoDecayRule = Literal["released", "norm-layers"]
+NO_DECAY_RULES: tuple[NoDecayRule, ...] = get_args(NoDecayRule)
+# what a run folder written before these keys existed was trained with, so it resumes unchanged
+LEGACY_DEFAULTS: dict[str, str] = {"dice_reduction": "mean", "no_decay": "norm-layers"}
 
 # Values a resumed run may change: they alter how the run executes, not what it computes.
 RUNTIME_KEYS = frozenset(
@@ -55,6 +64,7 @@ class TrainConfig:
     epochs: int = RRSISD.recipe["epochs"]
     lr: float = RRSISD.recipe["lr"]
     weight_decay: float = 0.01
+    no_decay: NoDecayRule = "released"
     poly_power: float = 0.9
     batch_size: int = 8
     grad_accum: int = 1
@@ -76,9 +86,10 @@ class TrainConfig:
     # text: parse mode fiacli (quirks fixed) for new training; token length per dataset
     parse_mode: ParseMode = "fiacli"
     token_length: int = RRSISD.token_length
-    # loss: 0.9 * CE(class weights) + 0.1 * Dice
+    # loss: 0.9 * CE(class weights) + 0.1 * Dice, the Dice summed over (sample, class) pairs
     ce_weight: float = 0.9
     dice_weight: float = 0.1
+    dice_reduction: DiceReduction = "sum"
     class_weights: list[float] = field(default_factory=lambda: [0.9, 1.1])
     # run control
     select_metric: SelectMetric = "miou"  # best checkpoint on val mIoU (see README); or "oiou"
@@ -127,6 +138,8 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "parse_mode": PARSE_MODES,
     "select_metric": SELECT_METRICS,
     "precision": TRAIN_PRECISIONS,
+    "dice_reduction": DICE_REDUCTIONS,
+    "no_decay": NO_DECAY_RULES,
 }
 
 
@@ -262,6 +275,8 @@ def load_run_config(run_dir: str | os.PathLike[str], overrides: dict[str, Any]) 
         raise FiacliError(f"cannot resume: {path} not found (is {run_dir} a fiacli run folder?)")
     saved = load_yaml(path)
     _check_keys(saved, str(path))
+    for key, value in LEGACY_DEFAULTS.items():  # config.yaml holds every key it knew of
+        saved.setdefault(key, value)
     # limits apply to the invocation that sets them, not to the continued run
     saved.update(max_steps=None, time_budget=None)
     config = TrainConfig(**{k: _coerce(k, v) for k, v in saved.items()})

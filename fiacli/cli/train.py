@@ -52,7 +52,8 @@ def _help() -> str:
     return (
         "Train FIANet with the released recipe of the dataset, on CPU, one GPU or many.\n\n"
         f"Defaults per dataset: {released}; both AdamW (weight decay {c.weight_decay:g}), poly "
-        f"decay per iteration, {c.ce_weight:g}·CE + {c.dice_weight:g}·Dice, batch "
+        f"decay per iteration, {c.ce_weight:g}·CE + {c.dice_weight:g}·Dice (summed over "
+        f"samples and classes, as released), batch "
         f"{c.batch_size}, {c.image_size}². The run folder gets config.yaml, metrics.jsonl, "
         "last.safetensors (+ last.state.pt to resume) and best.safetensors (best val "
         f"{c.select_metric})."

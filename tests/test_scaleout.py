@@ -134,6 +134,24 @@ def test_a_split_scene_equals_the_whole_scene(tmp_path, blend, overlap, open_px,
     assert not list(out.glob(".*"))  # parts and job folder removed
 
 
+@pytest.mark.parametrize("simplify", [0.7, 3.0])
+def test_a_split_scene_simplifies_its_polygons_as_the_whole_scene_does(tmp_path, simplify):
+    """Douglas-Peucker depends on where a ring starts, and a polygon merged across band seams
+    starts elsewhere than one merged across windows only: both must simplify alike."""
+    scene = scene_with_holes(tmp_path / "s.tif", 230, 150)
+    kw = dict(chip=48, overlap=16, simplify=simplify)
+    one = tmp_path / "one"
+    one.mkdir()
+    segment_raster(scene, ["red", "blue"], [one / "x.tif", one / "x.gpkg"],
+                   predictor=Oracle(radius=2), probabilities=one / "p.tif", **kw)  # fmt: skip
+    out = tmp_path / "split"
+    out.mkdir()
+    segment_many([scene], ["red", "blue"], [out / "x.tif", out / "x.gpkg"], model=Model(),
+                 probabilities=out / "p.tif", batch=BatchOptions(split_scene=True),
+                 split_parts=3, **kw)  # fmt: skip
+    assert_same_outputs(one, out)
+
+
 def test_a_split_scene_with_cog_outputs_min_area_reprojection_and_preview(tmp_path):
     scene = write_tif(tmp_path / "s.tif", random_rgb(200, 120, seed=4))
     kw = dict(chip=48, overlap=16, cog=True, min_area=2.0, dst_crs="EPSG:4326")

@@ -424,7 +424,10 @@ def regions_to_frame(
     keep = np.ones(len(geoms), bool) if min_area <= 0 else areas >= min_area
     geoms = geoms[keep]
     if simplify > 0:
-        geoms = shapely.simplify(geoms, simplify, preserve_topology=True)
+        # Douglas-Peucker keeps different vertices from a different starting vertex, and where
+        # a ring starts depends on how the region was cut into pieces (windows, split bands):
+        # the canonical start first, so the same polygon always simplifies the same way
+        geoms = shapely.simplify(shapely.normalize(geoms), simplify, preserve_topology=True)
     return gpd.GeoDataFrame(
         {
             "expression": [expression] * int(keep.sum()),

@@ -90,10 +90,10 @@ def test_the_bundled_model_is_small_and_leaves_the_text_encoder_out():
 def test_the_bundled_model_rebuilds_from_its_recorded_recipe():
     from fiacli.models import load_checkpoint
     from fiacli.training.data_pipeline import build_model
-    from fiacli.training.recipe import RUNTIME_KEYS, resolve_config
+    from fiacli.training.recipe import RUNTIME_KEYS, resolve_config, with_legacy_defaults
 
     model, meta = load_checkpoint(demo_model_path())
-    recorded = meta["provenance"]["config"]
+    recorded = with_legacy_defaults(meta["provenance"]["config"])  # trained by fiacli 0.1.0
     recipe = resolve_config(
         config_file=REPO / "examples" / "demo_model.yaml",
         overrides={k: recorded[k] for k in ("data_root", "output")},
@@ -130,6 +130,25 @@ def test_demo_flag_uses_the_bundled_scene_and_expression(run_cli, oracle, tmp_pa
     r = run_cli("segment", "--demo", "the red one", "the blue one", "-o", str(tmp_path / "e.tif"))
     assert r.exit_code == 0, r.stderr
     assert [c[0] for c in oracle.encode_calls[-2:]] == ["the red one", "the blue one"]
+
+
+@pytest.mark.parametrize("words", [[], ["the red one", "the blue one"]])
+def test_demo_under_torchrun_is_one_job_shared_by_the_ranks(run_cli, oracle, tmp_path,
+                                                            monkeypatch, words):  # fmt: skip
+    """Each rank used to run the demo on its own, racing for the same outputs."""
+    import fiacli.cli.segment
+
+    calls = []
+
+    def batch_run(scenes, texts, params, batch):
+        calls.append((scenes, texts))
+
+    monkeypatch.setattr(fiacli.cli.segment, "_segment_batch", batch_run)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    r = run_cli("segment", "--demo", *words, "-o", str(tmp_path / "d.gpkg"))
+    assert r.exit_code == 0, r.stderr
+    scene = str(tmp_path / "assets" / fiacli.app.demo.DEMO_SCENE_FILE)
+    assert calls == [([scene], words or [DEMO_EXPRESSION])]
 
 
 @pytest.mark.parametrize(

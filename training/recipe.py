@@ -268,6 +268,12 @@ def save_config(config: TrainConfig, path: str | os.PathLike[str]) -> Path:
     return Path(path)
 
 
+def with_legacy_defaults(saved: dict[str, Any]) -> dict[str, Any]:
+    """A config written by fiacli (config.yaml, a checkpoint's provenance), with the values its
+    version used for the keys it did not know yet: it holds every key it knew of."""
+    return {**LEGACY_DEFAULTS, **saved}
+
+
 def load_run_config(run_dir: str | os.PathLike[str], overrides: dict[str, Any]) -> TrainConfig:
     """The config of an existing run, for ``--resume``; only run-time keys may change."""
     path = Path(run_dir) / "config.yaml"
@@ -275,8 +281,7 @@ def load_run_config(run_dir: str | os.PathLike[str], overrides: dict[str, Any]) 
         raise FiacliError(f"cannot resume: {path} not found (is {run_dir} a fiacli run folder?)")
     saved = load_yaml(path)
     _check_keys(saved, str(path))
-    for key, value in LEGACY_DEFAULTS.items():  # config.yaml holds every key it knew of
-        saved.setdefault(key, value)
+    saved = with_legacy_defaults(saved)
     # limits apply to the invocation that sets them, not to the continued run
     saved.update(max_steps=None, time_budget=None)
     config = TrainConfig(**{k: _coerce(k, v) for k, v in saved.items()})

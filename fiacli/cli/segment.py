@@ -60,6 +60,13 @@ def _demo_arguments(scene: str | None, expression: list[str] | None) -> tuple[st
     return str(demo_scene_path()), given
 
 
+def _demo_expression(demo: bool) -> list[str]:
+    """The bundled scene's expression, when --demo is given without one."""
+    from fiacli.app.demo import DEMO_EXPRESSION
+
+    return [DEMO_EXPRESSION] if demo else []
+
+
 def _read_expressions(positional: list[str] | None, repeated: list[str] | None,
                       file: Path | None) -> list[str]:  # fmt: skip
     from fiacli.text.parsing import read_expression_file
@@ -331,22 +338,21 @@ def segment(
         scene, expression = _demo_arguments(scene, expression)
     elif scene is None:
         raise UsageError("no scene given: fiacli segment SCENE EXPRESSION (or --demo)")
-    if not demo:  # several scenes, globs, templates, torchrun …: fiacli.app.batch
-        from fiacli.app.batch import BatchOptions, wants_batch
+    # several scenes, globs, templates, torchrun (--demo too: one scene, ranks share it) …
+    from fiacli.app.batch import BatchOptions, wants_batch
 
-        batch = BatchOptions.from_mapping(params)
-        repeated = bool(expressions or expressions_file)  # then every positional is a scene
-        scenes = [scene, *(expression or [])] if repeated else [scene]
-        if wants_batch(scenes, output, SegmentOptions.from_mapping(params), batch):
-            texts = _read_expressions(None if repeated else expression, expressions,
-                                      expressions_file)  # fmt: skip
-            _segment_batch(scenes, texts, params, batch)
-            return
+    batch = BatchOptions.from_mapping(params)
+    # with -e/--expressions every positional is a scene (with --demo, they are expressions)
+    repeated = not demo and bool(expressions or expressions_file)
+    scenes = [scene, *(expression or [])] if repeated else [scene]
+    if wants_batch(scenes, output, SegmentOptions.from_mapping(params), batch):
+        texts = _read_expressions(None if repeated else expression, expressions, expressions_file)
+        params["output"] = output or [Path(Path(scene).stem + ".gpkg")]
+        _segment_batch(scenes, texts or _demo_expression(demo), params, batch)
+        return
     given = _read_expressions(expression, expressions, expressions_file)
-    if demo and not given and not expression_field:  # the AOIs may bring the expressions
-        from fiacli.app.demo import DEMO_EXPRESSION
-
-        given = [DEMO_EXPRESSION]
+    if not given and not expression_field:  # the AOIs may bring the expressions
+        given = _demo_expression(demo)
     options = SegmentOptions.from_mapping(params)
     areas = AreaOptions.from_mapping(params)
     outputs = list(output or [Path(Path(scene).stem + ".gpkg")])

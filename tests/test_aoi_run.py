@@ -17,6 +17,7 @@ import rasterio
 import rasterio.features
 import shapely
 from _oracle import UTM_TRANSFORM, Oracle, random_rgb, read, write_tif
+from affine import Affine
 from cli_helpers import one_line
 
 from fiacli.app import areas as areas_module
@@ -359,6 +360,33 @@ def test_cli_bbox_and_aoi_dispatch_to_areas(run_cli, oracle, two_squares, tmp_pa
     assert [a["id"] for a in summary["areas"]] == [2]  # GeoPackage FID of B
     assert summary["options"]["aoi_where"] == "name = 'B'"
     assert summary["per_expression"][0]["foreground_pixels"] == 0  # B's square is on its right
+
+
+def test_cli_aoi_over_tiles_with_mosaic_equals_the_aoi_over_the_whole_scene(run_cli, oracle,
+                                                                           tmp_path):  # fmt: skip
+    """Parcels across tile seams: --mosaic makes the tiles one scene, then each AOI is read
+    from it as from the scene the tiles were cut from."""
+    rgb = np.zeros((3, 200, 400), np.uint8)
+    rgb[0, 90:110, 185:215] = 255  # across the seam at column 200
+    rgb[0, 30:50, 300:320] = 255
+    scene = write_tif(tmp_path / "scene.tif", rgb)
+    (tmp_path / "tiles").mkdir()
+    for j, (c0, c1) in enumerate([(0, 200), (200, 400)]):
+        write_tif(tmp_path / "tiles" / f"t{j}.tif", np.ascontiguousarray(rgb[:, :, c0:c1]),
+                  transform=T @ Affine.translation(c0, 0))  # fmt: skip
+    path = tmp_path / "parcels.gpkg"
+    aois(px_box(150, 60, 250, 140), px_box(280, 10, 340, 70)).to_file(path)
+    whole, tiled = tmp_path / "whole.tif", tmp_path / "out" / "tiled.tif"
+    r = run_cli("segment", str(scene), "red", "--aoi", str(path), "-o", str(whole))
+    assert r.exit_code == 0, r.stderr
+    r = run_cli("segment", str(tmp_path / "tiles" / "*.tif"), "red", "--mosaic", "--aoi", str(path),
+                "-o", str(tiled), "--json")  # fmt: skip
+    assert r.exit_code == 0, r.stderr
+    assert json.loads(r.stdout)["scene"]["path"] == str(tmp_path / "out" / "tiled.vrt")
+    assert np.array_equal(read(tiled, 1), read(whole, 1))
+    assert read(tiled, 1)[100, 185:215].all()  # the object across the seam, whole
+    with rasterio.open(tiled) as a, rasterio.open(whole) as b:
+        assert a.transform == b.transform and a.crs == b.crs
 
 
 def test_cli_bad_bbox_is_a_usage_error(run_cli, oracle, two_squares, tmp_path):

@@ -169,6 +169,11 @@ def expand_scenes(patterns: Sequence[PathLike], input_list: PathLike | None = No
     return unique
 
 
+def under_torchrun() -> bool:
+    """Whether this process is one of several ranks (torchrun's ``WORLD_SIZE``)."""
+    return int(os.environ.get("WORLD_SIZE", "1") or 1) > 1
+
+
 def wants_batch(scenes: Sequence[str], output: Sequence[PathLike] | None,
                 options: SegmentOptions, batch: BatchOptions) -> bool:  # fmt: skip
     """Whether a command line asks for a batch run rather than the one-scene form."""
@@ -176,7 +181,7 @@ def wants_batch(scenes: Sequence[str], output: Sequence[PathLike] | None,
         return True
     if has_glob(scenes[0]) and not Path(scenes[0]).exists():
         return True
-    if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
+    if under_torchrun():
         return True
     paths = [*(output or []), options.probabilities, options.preview]
     return any(p is not None and (_is_template(p) or _is_folder(p)) for p in paths)
@@ -227,6 +232,34 @@ def output_templates(output: Sequence[PathLike] | None, batch: BatchOptions) -> 
     if batch.output_format is not None and not folder:
         raise UsageError("--format names the files of an output folder; give -o FOLDER/")
     return out
+
+
+@dataclass(frozen=True)
+class MosaicScene:
+    """Tiles made one scene for the one-scene paths (an AOI run): its VRT and the outputs."""
+
+    scene: Path
+    outputs: list[Path]
+
+
+def mosaic_scene(tiles: Sequence[PathLike], output: Sequence[PathLike] | None,
+                 batch: BatchOptions, *,
+                 inputs: Sequence[PathLike | None] = ()) -> MosaicScene:  # fmt: skip
+    """Write the mosaic VRT of ``tiles`` (and ``batch.input_list``) beside the first output, as
+    ``<stem>.vrt`` like a batch ``--mosaic`` run; ``-o`` templates and folders name the mosaic
+    as they would there. The VRT is rewritten when the tiles change; it never replaces an
+    input."""
+    from fiacli.app.vrt import mosaic_xml, write_vrt
+
+    names = expand_scenes(tiles, batch.input_list)
+    outputs = [render(t, MOSAIC_STEM) for t in output_templates(output, batch)]
+    for p in outputs:
+        _mkdir(p.parent if str(p.parent) else Path("."))
+    vrt = outputs[0].with_name(f"{outputs[0].stem}.vrt")
+    refuse_overwriting_inputs([vrt], [*names, *inputs])
+    xml, _ = mosaic_xml(names)
+    write_vrt(vrt, xml)
+    return MosaicScene(vrt, outputs)
 
 
 @dataclass

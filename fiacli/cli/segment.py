@@ -86,7 +86,10 @@ def _segment_batch(scenes: list[str], texts: list[str], params: dict[str, Any],
     from fiacli.core.errors import FiacliError, UsageError
 
     if params.get("aoi") or params.get("bbox"):
-        raise UsageError("--aoi/--bbox take one scene; give one scene, without -o templates")
+        raise UsageError(
+            "--aoi/--bbox take one scene: give one scene, or tiles with --mosaic "
+            "(in one process: not under torchrun)"
+        )
 
     def load(device: str, quiet: bool) -> Any:
         return load_model(params["model"], device=device, precision=params["precision"],
@@ -339,22 +342,27 @@ def segment(
     elif scene is None:
         raise UsageError("no scene given: fiacli segment SCENE EXPRESSION (or --demo)")
     # several scenes, globs, templates, torchrun (--demo too: one scene, ranks share it) …
-    from fiacli.app.batch import BatchOptions, wants_batch
+    from fiacli.app.batch import BatchOptions, under_torchrun, wants_batch
 
     batch = BatchOptions.from_mapping(params)
     # with -e/--expressions every positional is a scene (with --demo, they are expressions)
     repeated = not demo and bool(expressions or expressions_file)
     scenes = [scene, *(expression or [])] if repeated else [scene]
-    if wants_batch(scenes, output, SegmentOptions.from_mapping(params), batch):
+    areas = AreaOptions.from_mapping(params)
+    if areas.active and batch.mosaic and not under_torchrun():  # AOIs over tiles: their mosaic
+        from fiacli.app.batch import mosaic_scene
+
+        mosaic = mosaic_scene(scenes, output, batch, inputs=[model, expressions_file])
+        scene, output = str(mosaic.scene), mosaic.outputs
+    elif wants_batch(scenes, output, SegmentOptions.from_mapping(params), batch):
         texts = _read_expressions(None if repeated else expression, expressions, expressions_file)
         params["output"] = output or [Path(Path(scene).stem + ".gpkg")]
         _segment_batch(scenes, texts or _demo_expression(demo), params, batch)
         return
-    given = _read_expressions(expression, expressions, expressions_file)
+    given = _read_expressions(None if repeated else expression, expressions, expressions_file)
     if not given and not expression_field:  # the AOIs may bring the expressions
         given = _demo_expression(demo)
     options = SegmentOptions.from_mapping(params)
-    areas = AreaOptions.from_mapping(params)
     outputs = list(output or [Path(Path(scene).stem + ".gpkg")])
     from fiacli.app.named_models import resolve_model
 

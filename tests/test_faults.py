@@ -595,3 +595,24 @@ def test_the_matrix_is_wide():
     commands = {c.args[0] for c in CASES}
     assert {"segment", "parse", "eval", "convert", "train", "report", "data", "models"} <= commands
     assert len({c.id for c in CASES}) == len(CASES)
+
+
+def test_after_sigkill_the_next_run_removes_the_killed_runs_litter(
+    world: Path, site: Path, tmp_path: Path
+) -> None:
+    """SIGKILL (the OOM killer) runs no cleanup: temporary files stay. Run again, and they go."""
+    w = tmp_path / "w"
+    shutil.copytree(world, w, symlinks=True)
+    args = seg("s.tif", "red", "-o", "o.tif", "-o", "o.gpkg", "--probabilities", "p.tif",
+               "--cog")  # fmt: skip
+    killed = Case("kill", args, -signal.SIGKILL, "", process=True, send=signal.SIGKILL, delay=0.3)
+    code, _ = _subprocess(killed, w, site)
+    assert code == -signal.SIGKILL
+    litter = [p.name for p in w.iterdir() if ".tmp-" in p.name or p.name.startswith(".fiacli-")]
+    assert litter, "the killed run left nothing behind: nothing to test"
+    code, stderr = _subprocess(Case("again", args, 0, "", process=True), w, site)
+    assert code == 0, stderr
+    assert "a killed fiacli run left" in stderr
+    left = [p.name for p in w.iterdir() if ".tmp-" in p.name or p.name.startswith(".fiacli-")]
+    assert not left, left
+    assert {"o.tif", "o.gpkg", "p.tif"} <= {p.name for p in w.iterdir()}

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import os
 import pickle
+import subprocess
+import sys
 
 import pytest
 
 from fiacli.core.errors import FiacliError
-from fiacli.core.io import atomic_output
+from fiacli.core.io import atomic_output, owner_tag, scratch_folder
 from fiacli.core.safe_pickle import UnsafePickleError, safe_loads
 
 
@@ -73,6 +75,36 @@ def test_atomic_output_refuses_read_only_folder(tmp_path, monkeypatch):
 class Evil:
     def __reduce__(self):
         return (os.system, ("echo pwned",))
+
+
+def _dead_pid() -> int:
+    child = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                           capture_output=True, text=True, check=True)  # fmt: skip
+    return int(child.stdout)
+
+
+def test_what_killed_runs_left_beside_an_output_is_removed_and_said(tmp_path, capsys):
+    """SIGKILL leaves a run no time to clean up: the next write beside its files removes those
+    of dead processes of this host, and only those."""
+    host = owner_tag().rsplit("-", 1)[0]
+    dead = _dead_pid()
+    stale = [tmp_path / f".out.tmp-{host}-{dead}.tif", tmp_path / f".out.tmp-{host}-{dead}.tif.ovr"]
+    kept = [tmp_path / f".out.tmp-{host}-{os.getppid()}.tif",  # a live process: still writing
+            tmp_path / f".out.tmp-otherhost-{dead}.tif",  # another machine's (shared disk)
+            tmp_path / f".other.tmp-{host}-{dead}.tif",  # another output's, not touched here
+            tmp_path / f".out.tmp-{dead}.tif"]  # fmt: skip
+    for p in stale + kept:
+        p.write_text("x")
+    with atomic_output(tmp_path / "out.tif") as tmp:
+        tmp.write_text("done")
+    assert not any(p.exists() for p in stale) and all(p.exists() for p in kept)
+    assert "removed 2 temporary file(s) that a killed fiacli run left" in capsys.readouterr().err
+    leftover = tmp_path / f".fiacli-cog-{host}-{dead}-abc123"
+    leftover.mkdir()
+    (leftover / "mask.tif").write_text("x")
+    with scratch_folder(tmp_path, "cog") as mine:
+        assert not leftover.exists() and owner_tag() in mine
+    assert not os.path.exists(mine)
 
 
 def test_safe_unpickler_reads_plain_data_and_refuses_code():

@@ -34,7 +34,6 @@ import contextlib
 import json
 import os
 import shutil
-import tempfile
 import time
 import warnings
 from collections.abc import Mapping, Sequence
@@ -62,7 +61,7 @@ from fiacli.app.segment_options import (
 from fiacli.core.console import progress as rich_progress
 from fiacli.core.console import warn
 from fiacli.core.errors import FiacliError, UsageError
-from fiacli.core.io import atomic_output, refuse_overwriting_inputs
+from fiacli.core.io import atomic_output, refuse_overwriting_inputs, scratch_folder
 from fiacli.geo.aoi import (
     Area,
     CoarseMask,
@@ -429,7 +428,7 @@ def run_areas(
             finals = outs.finals()
             tmp = {p: stack.enter_context(atomic_output(p, overwrite=opts.overwrite))
                    for p in finals}  # fmt: skip
-            folder = tempfile.TemporaryDirectory(prefix=".fiacli-areas-", dir=finals[0].parent)
+            folder = scratch_folder(finals[0].parent, "areas")
             scratch = Path(stack.enter_context(folder))
             runner = _Runner(plan, scene, predictor, scratch, out, chip)
             stack.callback(runner.close)

@@ -48,7 +48,6 @@ import json
 import os
 import queue
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -66,7 +65,7 @@ from fiacli.app.segment_options import Outputs, SegmentOptions, preflight
 from fiacli.core.console import progress as rich_progress
 from fiacli.core.console import warn
 from fiacli.core.errors import FiacliError, UsageError
-from fiacli.core.io import atomic_output
+from fiacli.core.io import atomic_output, scratch_folder
 from fiacli.geo.flow import END, Flow
 from fiacli.geo.raster import FILL_RGB, RasterRowWriter, Scene, open_scene, translate_to_cog
 from fiacli.geo.tiling import ChipGrid, ChipReader, ChipWindow, RowBlender
@@ -329,7 +328,7 @@ def _run(scene: Scene, grid: ChipGrid, texts: list[str], outs: Outputs,
         tmp = {p: stack.enter_context(atomic_output(p, overwrite=opts.overwrite)) for p in finals}
         scratch = None
         if opts.cog:  # COGs are copied from a finished GeoTIFF, built in a hidden scratch folder
-            folder = tempfile.TemporaryDirectory(prefix=".fiacli-", dir=finals[0].parent)
+            folder = scratch_folder(finals[0].parent, "cog")
             scratch = Path(stack.enter_context(folder))
         tags = {"fiacli_version": __version__, "expressions": json.dumps(texts)}
         writers: dict[str, tuple[RasterRowWriter, Path]] = {}

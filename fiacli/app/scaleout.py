@@ -28,7 +28,6 @@ import json
 import os
 import shutil
 import signal
-import tempfile
 import threading
 import time
 import warnings
@@ -769,7 +768,7 @@ def assemble(
 
     from fiacli import __version__
     from fiacli.app.pipeline import SegmentResult
-    from fiacli.core.io import atomic_output
+    from fiacli.core.io import atomic_output, scratch_folder
     from fiacli.geo.raster import RasterRowWriter, open_scene, translate_to_cog
     from fiacli.geo.vectorize import regions_to_frame, write_vectors
 
@@ -788,7 +787,7 @@ def assemble(
         }
         scratch = None
         if options.cog:
-            folder = tempfile.TemporaryDirectory(prefix=".fiacli-", dir=finals[0].parent)
+            folder = scratch_folder(finals[0].parent, "cog")
             scratch = Path(stack.enter_context(folder))
         tags = {"fiacli_version": __version__, "expressions": json.dumps(texts)}
         for kind, path in (("mask", outputs.mask), ("prob", outputs.probabilities)):

@@ -2,7 +2,9 @@
 
 A crash, Ctrl-C, SIGTERM or full disk never leaves a half-written file under the name the user
 asked for, nor a temporary file beside it; an output never replaces one of the command's inputs,
-not even with -f (:func:`refuse_overwriting_inputs`).
+not even with -f (:func:`refuse_overwriting_inputs`). SIGKILL (the OOM killer, a scheduler's
+hard limit) leaves no time to clean up: temporary names carry the host and PID that wrote them
+(:func:`owner_tag`), and the next run writing beside them removes those of dead processes.
 """
 
 from __future__ import annotations
@@ -10,7 +12,9 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
 import shutil
+import socket
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -170,9 +174,56 @@ def _remove(path: Path) -> None:
             path.unlink()
 
 
+_HOST = re.sub(r"[^A-Za-z0-9_]", "_", socket.gethostname()) or "host"
+
+
+def owner_tag() -> str:
+    """``HOST-PID`` of this process, in the names of its temporary files and folders."""
+    return f"{_HOST}-{os.getpid()}"
+
+
+def _owner_is_dead(host: str, pid: str) -> bool:
+    """Whether ``HOST-PID`` names a process of this machine that no longer runs (another host's
+    files, on a shared file system, are never judged; nor a PID now used by a live process)."""
+    if host != _HOST:
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except (PermissionError, OverflowError, ValueError):
+        return False
+    return False
+
+
+def remove_stale(folder: str | os.PathLike[str], prefix: str) -> int:
+    """Remove the entries of ``folder`` named ``{prefix}{HOST}-{PID}…`` whose process is dead
+    (what a killed fiacli left); returns how many went."""
+    pattern = re.compile(re.escape(prefix) + r"([A-Za-z0-9_]+)-(\d+)(?![0-9])")
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return 0
+    removed = 0
+    for entry in entries:
+        match = pattern.match(entry.name)
+        if match and _owner_is_dead(match[1], match[2]):
+            _remove(Path(entry.path))
+            removed += 1
+    return removed
+
+
+def scratch_folder(folder: str | os.PathLike[str], kind: str) -> tempfile.TemporaryDirectory[str]:
+    """A hidden temporary folder in ``folder`` (``.fiacli-KIND-HOST-PID-…``), removed on exit;
+    the ones killed runs left there go first."""
+    prefix = f".fiacli-{kind}-"
+    remove_stale(folder, prefix)
+    return tempfile.TemporaryDirectory(prefix=f"{prefix}{owner_tag()}-", dir=folder)
+
+
 def temporary_name(final: Path) -> Path:
     """The hidden name beside ``final`` that :func:`atomic_output` writes to."""
-    return final.with_name(f".{final.stem}.tmp-{os.getpid()}{final.suffix}")
+    return final.with_name(f".{final.stem}.tmp-{owner_tag()}{final.suffix}")
 
 
 @contextlib.contextmanager
@@ -185,6 +236,11 @@ def atomic_output(path: str | os.PathLike[str], *, overwrite: bool = False) -> I
     :class:`FiacliError`. Signals wait while the files are renamed into place.
     """
     final = check_output_path(path, overwrite=overwrite)
+    stale = remove_stale(final.parent, f".{final.stem}.tmp-")
+    if stale:
+        from fiacli.core.console import warn
+
+        warn(f"removed {stale} temporary file(s) that a killed fiacli run left beside {final}")
     tmp = temporary_name(final)
     for p in family(tmp):
         _remove(p)

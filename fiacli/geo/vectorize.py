@@ -32,6 +32,7 @@ from rasterio.windows import Window
 from scipy import ndimage
 
 from fiacli.core.errors import FiacliError
+from fiacli.core.io import owner_tag, remove_stale
 from fiacli.geo import polygonize
 from fiacli.geo.choices import VECTOR_DRIVERS
 
@@ -532,7 +533,9 @@ class PolygonWriter:
         self.closed = [Regions() for _ in self.expressions]  # closed, not yet spooled
         self.in_memory: list[Any] | None = None  # the frames, when nothing had to be spooled
         self.in_memory_all: Any = None  # and all of them in one frame, written to every output
-        fd, name = tempfile.mkstemp(prefix=".fiacli-polygons-", suffix=".gpkg", dir=folder)
+        remove_stale(folder, ".fiacli-polygons-")  # spools of killed runs
+        fd, name = tempfile.mkstemp(prefix=f".fiacli-polygons-{owner_tag()}-", suffix=".gpkg",
+                                    dir=folder)  # fmt: skip
         os.close(fd)
         os.unlink(name)  # GDAL creates it on the first write
         self.spool = name

@@ -380,9 +380,11 @@ def test_cli_aoi_over_tiles_with_mosaic_equals_the_aoi_over_the_whole_scene(run_
     r = run_cli("segment", str(scene), "red", "--aoi", str(path), "-o", str(whole))
     assert r.exit_code == 0, r.stderr
     r = run_cli("segment", str(tmp_path / "tiles" / "*.tif"), "red", "--mosaic", "--aoi", str(path),
-                "-o", str(tiled), "--json")  # fmt: skip
+                "-o", str(tiled), "--probabilities", str(tmp_path / "out" / "{stem}-p.tif"),
+                "--json")  # fmt: skip
     assert r.exit_code == 0, r.stderr
     assert json.loads(r.stdout)["scene"]["path"] == str(tmp_path / "out" / "tiled.vrt")
+    assert (tmp_path / "out" / "mosaic-p.tif").exists()  # the template names the mosaic
     assert np.array_equal(read(tiled, 1), read(whole, 1))
     assert read(tiled, 1)[100, 185:215].all()  # the object across the seam, whole
     with rasterio.open(tiled) as a, rasterio.open(whole) as b:

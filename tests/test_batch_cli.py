@@ -76,6 +76,23 @@ def test_without_e_the_first_positional_is_the_scene_and_the_rest_expressions(ru
     assert sorted(p.name for p in (folder / "many").glob("*.tif")) == ["t0.tif", "t1.tif", "t2.tif"]
 
 
+def test_without_o_each_scene_gets_its_stem_and_a_list_needs_no_positional_scene(
+    run_cli, oracle, folder, monkeypatch
+):
+    monkeypatch.chdir(folder)
+    small = ("-m", "m", "--chip", "32", "--overlap", "8")
+    r = run_cli("segment", "tiles/t0.tif", "tiles/t1.tif", "-e", "red", *small)
+    assert r.exit_code == 0, r.stderr
+    assert (folder / "t0.gpkg").exists() and (folder / "t1.gpkg").exists()
+    r = run_cli("segment", "tiles/*.tif", "red", "--mosaic", *small)
+    assert r.exit_code == 0, r.stderr
+    assert (folder / "mosaic.gpkg").exists() and (folder / "mosaic.vrt").exists()
+    (folder / "list.txt").write_text("tiles/t2.tif\n")
+    r = run_cli("segment", "--input-list", "list.txt", "-e", "red", *small, "-o", "out/")
+    assert r.exit_code == 0, r.stderr
+    assert [p.name for p in (folder / "out").glob("*.gpkg")] == ["t2.gpkg"]
+
+
 def test_folder_output_with_formats_and_json(run_cli, oracle, folder):
     out = folder / "out"
     r = run_cli("segment", str(folder / "tiles" / "t*.tif"), "-e", "red", "-m", "m", "-o",

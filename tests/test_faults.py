@@ -612,7 +612,7 @@ def test_after_sigkill_the_next_run_removes_the_killed_runs_litter(
     assert litter, "the killed run left nothing behind: nothing to test"
     code, stderr = _subprocess(Case("again", args, 0, "", process=True), w, site)
     assert code == 0, stderr
-    assert "a killed fiacli run left" in stderr
+    assert f"that killed fiacli runs left in {w}" in stderr
     left = [p.name for p in w.iterdir() if ".tmp-" in p.name or p.name.startswith(".fiacli-")]
     assert not left, left
     assert {"o.tif", "o.gpkg", "p.tif"} <= {p.name for p in w.iterdir()}

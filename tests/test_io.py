@@ -84,25 +84,34 @@ def _dead_pid() -> int:
 
 
 def test_what_killed_runs_left_beside_an_output_is_removed_and_said(tmp_path, capsys):
-    """SIGKILL leaves a run no time to clean up: the next write beside its files removes those
-    of dead processes of this host, and only those."""
-    host = owner_tag().rsplit("-", 1)[0]
-    dead = _dead_pid()
-    stale = [tmp_path / f".out.tmp-{host}-{dead}.tif", tmp_path / f".out.tmp-{host}-{dead}.tif.ovr"]
-    kept = [tmp_path / f".out.tmp-{host}-{os.getppid()}.tif",  # a live process: still writing
-            tmp_path / f".out.tmp-otherhost-{dead}.tif",  # another machine's (shared disk)
-            tmp_path / f".other.tmp-{host}-{dead}.tif",  # another output's, not touched here
-            tmp_path / f".out.tmp-{dead}.tif"]  # fmt: skip
+    """SIGKILL leaves a run no time to clean up: the next write in that folder removes what dead
+    processes of this machine left, and only that."""
+    from fiacli.core.io import _start_ticks
+
+    machine = owner_tag().split("-")[0]
+    dead, parent = _dead_pid(), os.getppid()
+    stale = [
+        tmp_path / f".out.tmp-{machine}-{dead}-7.tif",
+        tmp_path / f".out.tmp-{machine}-{dead}-7.tif.ovr",
+        tmp_path / f".other.tmp-{machine}-{dead}-7.gpkg",  # another output's, same folder
+        tmp_path / f".out.tmp-{machine}-{parent}-1.tif",
+    ]  # its PID now another process's
+    kept = [
+        tmp_path / f".out.tmp-{machine}-{parent}-{_start_ticks(parent)}.tif",  # live
+        tmp_path / f".out.tmp-otherhost_1-{dead}-7.tif",  # another machine or container
+        tmp_path / f".out.tmp-{dead}.tif",  # fiacli 0.1.0's names: not judged
+        tmp_path / f".data.old-{machine}-{dead}-7",
+    ]  # a dataset being replaced: never litter
     for p in stale + kept:
         p.write_text("x")
     with atomic_output(tmp_path / "out.tif") as tmp:
         tmp.write_text("done")
     assert not any(p.exists() for p in stale) and all(p.exists() for p in kept)
-    assert "removed 2 temporary file(s) that a killed fiacli run left" in capsys.readouterr().err
-    leftover = tmp_path / f".fiacli-cog-{host}-{dead}-abc123"
-    leftover.mkdir()
+    assert "removed 4 temporary file(s) that killed fiacli runs left" in capsys.readouterr().err
+    leftover = tmp_path / "sub" / f".fiacli-cog-{machine}-{dead}-7-abc123"
+    leftover.mkdir(parents=True)
     (leftover / "mask.tif").write_text("x")
-    with scratch_folder(tmp_path, "cog") as mine:
+    with scratch_folder(tmp_path / "sub", "cog") as mine:
         assert not leftover.exists() and owner_tag() in mine
     assert not os.path.exists(mine)
 

@@ -44,12 +44,17 @@ def test_every_command_has_help(run_cli, command):
 
 
 def test_help_imports_no_heavy_library():
-    """``fiacli --help`` (and every command's start) builds the options without rasterio,
-    scipy, GEOS or torch: those load only in the command that needs them."""
+    """``fiacli --help`` and every command's ``--help`` print without loading rasterio, scipy,
+    GEOS or torch: those load only when a command runs."""
     heavy = ("rasterio", "scipy", "shapely", "geopandas", "numpy", "torch", "transformers", "nltk")
-    code = f"import sys, fiacli.cli; print(*[m for m in {heavy!r} if m in sys.modules])"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.split() == []
+    for argv in (["--help"], ["segment", "--help"], ["train", "-h"]):
+        code = (f"import sys; sys.argv = ['fiacli', *{argv!r}]\n"
+                "from fiacli.cli import main\n"
+                "try:\n    main()\nexcept SystemExit:\n    pass\n"
+                f"print('loaded:', *[m for m in {heavy!r} if m in sys.modules])")  # fmt: skip
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+        assert "Usage:" in out.stdout, out.stderr
+        assert out.stdout.rstrip().splitlines()[-1] == "loaded:", argv
 
 
 def test_user_error_is_one_line_without_traceback(tmp_path):

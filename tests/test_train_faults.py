@@ -215,3 +215,28 @@ def test_the_run_folder_may_not_be_the_dataset(data, tmp_path):
 
     with pytest.raises(UsageError, match="is the input"):
         train(tiny_config(data, data))
+
+
+def test_a_checkpoint_save_removes_what_a_killed_save_left(tmp_path, capsys):
+    """A run SIGKILLed (the OOM killer) while saving leaves GB-sized temporaries: the next save
+    in that run folder removes them; the checkpoint pair is written as usual."""
+    import os
+    import subprocess
+    import sys
+
+    from fiacli.core.io import owner_tag
+    from fiacli.training.state import save_pair
+
+    dead = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                              capture_output=True, text=True, check=True).stdout)  # fmt: skip
+    machine = owner_tag().split("-")[0]
+    litter = [tmp_path / f".last.tmp-{machine}-{dead}-9.safetensors",
+              tmp_path / f".last.state.tmp-{machine}-{dead}-9.pt"]  # fmt: skip
+    for p in litter:
+        p.write_bytes(b"half a checkpoint")
+    save_pair(
+        tmp_path, "last", lambda path, save_id: path.write_bytes(save_id.encode()), {"step": 1}
+    )
+    assert not any(p.exists() for p in litter)
+    assert sorted(os.listdir(tmp_path)) == ["last.safetensors", "last.state.pt"]
+    assert "killed fiacli runs left" in capsys.readouterr().err

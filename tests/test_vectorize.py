@@ -132,6 +132,20 @@ def test_frame_filters_by_area_and_simplifies():
     assert shapely.get_num_coordinates(row.geometry) < 8
 
 
+@pytest.mark.parametrize("e", [-0.5, 0.5])  # north-up, and pixel rows going up
+def test_simplified_rings_keep_the_orientation_of_unsimplified_ones(e):
+    mask = np.zeros((30, 30), np.uint8)
+    mask[5:25, 5:25] = 1
+    mask[10:15, 10:15] = 0  # a hole
+    regions = vectorize_array(mask, np.full(mask.shape, 255, np.uint8))
+    t = Affine(0.5, 0, 500000, 0, e, 4_000_000)
+    frames = [regions_to_frame(regions, expression="x", transform=t, crs=CRS.from_epsg(32633),
+                               simplify=tol) for tol in (0.0, 0.1)]  # fmt: skip
+    plain, simplified = (f.geometry.iloc[0] for f in frames)
+    assert simplified.exterior.is_ccw == plain.exterior.is_ccw == (e < 0)
+    assert simplified.interiors[0].is_ccw == plain.interiors[0].is_ccw != plain.exterior.is_ccw
+
+
 @pytest.mark.parametrize("suffix", [".gpkg", ".geojson", ".parquet", ".shp", ".fgb"])
 def test_every_vector_format_round_trips_even_when_empty(tmp_path, suffix):
     import geopandas as gpd

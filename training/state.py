@@ -21,7 +21,7 @@ import torch
 from torch.utils.data import DistributedSampler
 
 from fiacli.core.errors import FiacliError
-from fiacli.core.io import is_disk_full
+from fiacli.core.io import is_disk_full, sweep_stale, temporary_name
 from fiacli.core.signals import deferred_signals
 
 
@@ -121,8 +121,8 @@ def save_pair(
     save_id = uuid.uuid4().hex
     weights = run_dir / f"{name}.safetensors"
     state_path = run_dir / f"{name}.state.pt"
-    tmp_w = run_dir / f".{name}.tmp-{os.getpid()}.safetensors"
-    tmp_s = run_dir / f".{name}.state.tmp-{os.getpid()}.pt"
+    sweep_stale(run_dir)  # what a run killed while saving (SIGKILL, the OOM killer) left
+    tmp_w, tmp_s = temporary_name(weights), temporary_name(state_path)
     had_previous = weights.exists()
     try:
         write_weights(tmp_w, save_id)

@@ -36,6 +36,7 @@ from PIL import Image, ImageDraw
 
 from fiacli.core.datasets import SYNTH
 from fiacli.core.errors import FiacliError
+from fiacli.core.io import owner_tag, sweep_stale
 from fiacli.training.datasets import (
     RRSISD_IMAGES,
     RRSISD_INSTANCES,
@@ -581,7 +582,8 @@ def atomic_directory(path: str | os.PathLike[str], *, overwrite: bool = False) -
             raise FiacliError(f"{final} already exists; pass -f/--overwrite to replace it")
         if not is_synth_dataset(final):
             raise FiacliError(f"refusing to replace {final}: it is not a fiacli synthetic dataset")
-    tmp = parent / f".{final.name}.tmp-{os.getpid()}"
+    sweep_stale(parent)
+    tmp = parent / f".{final.name}.tmp-{owner_tag()}"
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         tmp.mkdir()

@@ -240,26 +240,30 @@ class MosaicScene:
 
     scene: Path
     outputs: list[Path]
+    probabilities: Path | None
+    preview: Path | None
 
 
 def mosaic_scene(tiles: Sequence[PathLike], output: Sequence[PathLike] | None,
-                 batch: BatchOptions, *,
+                 batch: BatchOptions, *, probabilities: PathLike | None = None,
+                 preview: PathLike | None = None,
                  inputs: Sequence[PathLike | None] = ()) -> MosaicScene:  # fmt: skip
     """Write the mosaic VRT of ``tiles`` (and ``batch.input_list``) beside the first output, as
-    ``<stem>.vrt`` like a batch ``--mosaic`` run; ``-o`` templates and folders name the mosaic
-    as they would there. The VRT is rewritten when the tiles change; it never replaces an
-    input."""
+    ``<stem>.vrt`` like a batch ``--mosaic`` run; ``-o``, ``--probabilities`` and ``--preview``
+    templates and folders name the mosaic as they would there. The VRT is rewritten when the
+    tiles change; it never replaces an input."""
     from fiacli.app.vrt import mosaic_xml, write_vrt
 
     names = expand_scenes(tiles, batch.input_list)
     outputs = [render(t, MOSAIC_STEM) for t in output_templates(output, batch)]
-    for p in outputs:
+    extra = [None if p is None else render(p, MOSAIC_STEM) for p in (probabilities, preview)]
+    for p in [*outputs, *(e for e in extra if e is not None)]:
         _mkdir(p.parent if str(p.parent) else Path("."))
     vrt = outputs[0].with_name(f"{outputs[0].stem}.vrt")
     refuse_overwriting_inputs([vrt], [*names, *inputs])
     xml, _ = mosaic_xml(names)
     write_vrt(vrt, xml)
-    return MosaicScene(vrt, outputs)
+    return MosaicScene(vrt, outputs, *extra)
 
 
 @dataclass

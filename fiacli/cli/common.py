@@ -56,6 +56,11 @@ def print_error(message: str) -> None:
     err_console.print(f"[red]error:[/red] {escape(one_line(message))}", highlight=False)
 
 
+def _help_only(argv: Sequence[str]) -> bool:
+    """A call that only prints help or the version: GDAL (and its load time) is not needed."""
+    return not argv or any(a in ("-h", "--help", "--version") for a in argv)
+
+
 def _debug_requested(ctx: Any = None, args: Sequence[str] | None = None) -> bool:
     if os.environ.get(DEBUG_ENV, "") not in ("", "0"):
         return True
@@ -143,7 +148,7 @@ class FiacliGroup(TyperGroup):
     ) -> Any:
         """Click's main without its boxed usage errors: each is one ``error:`` line, exit 2."""
         argv = list(sys.argv[1:] if args is None else args)
-        if not _debug_requested(args=argv):
+        if not _debug_requested(args=argv) and not _help_only(argv):
             from fiacli.geo.read_errors import quiet_gdal_stderr
 
             quiet_gdal_stderr()  # no "ERROR 1: …" or libtiff line before fiacli's own

@@ -339,7 +339,7 @@ def segment(
     params = locals()  # the options, by the names of SegmentOptions' and AreaOptions' fields
     if demo:
         scene, expression = _demo_arguments(scene, expression)
-    elif scene is None:
+    elif scene is None and input_list is None:
         raise UsageError("no scene given: fiacli segment SCENE EXPRESSION (or --demo)")
     # several scenes, globs, templates, torchrun (--demo too: one scene, ranks share it) …
     from fiacli.app.batch import BatchOptions, under_torchrun, wants_batch
@@ -347,16 +347,17 @@ def segment(
     batch = BatchOptions.from_mapping(params)
     # with -e/--expressions every positional is a scene (with --demo, they are expressions)
     repeated = not demo and bool(expressions or expressions_file)
-    scenes = [scene, *(expression or [])] if repeated else [scene]
+    scenes = [s for s in ([scene, *(expression or [])] if repeated else [scene]) if s is not None]
     areas = AreaOptions.from_mapping(params)
     if areas.active and batch.mosaic and not under_torchrun():  # AOIs over tiles: their mosaic
         from fiacli.app.batch import mosaic_scene
 
-        mosaic = mosaic_scene(scenes, output, batch, inputs=[model, expressions_file])
+        mosaic = mosaic_scene(scenes, output, batch, probabilities=probabilities,
+                              preview=preview, inputs=[model, expressions_file])  # fmt: skip
         scene, output = str(mosaic.scene), mosaic.outputs
-    elif wants_batch(scenes, output, SegmentOptions.from_mapping(params), batch):
+        params.update(probabilities=mosaic.probabilities, preview=mosaic.preview)
+    elif scene is None or wants_batch(scenes, output, SegmentOptions.from_mapping(params), batch):
         texts = _read_expressions(None if repeated else expression, expressions, expressions_file)
-        params["output"] = output or [Path(Path(scene).stem + ".gpkg")]
         _segment_batch(scenes, texts or _demo_expression(demo), params, batch)
         return
     given = _read_expressions(None if repeated else expression, expressions, expressions_file)

@@ -174,51 +174,85 @@ def _remove(path: Path) -> None:
             path.unlink()
 
 
-_HOST = re.sub(r"[^A-Za-z0-9_]", "_", socket.gethostname()) or "host"
+def _pid_namespace() -> int:
+    """The PID namespace this process lives in (containers sharing a hostname have their own)."""
+    try:
+        return os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        return 0
+
+
+# who can judge a temporary file: the same host name, in the same PID namespace
+_MACHINE = f"{re.sub(r'[^A-Za-z0-9]', '', socket.gethostname()) or 'host'}_{_pid_namespace()}"
+_TAG = r"(?P<machine>[A-Za-z0-9_]+)-(?P<pid>\d+)-(?P<start>\d+)(?![0-9])"
+# what fiacli writes under a tag: temporary files beside outputs, hidden scratch folders/spools
+_LITTER = re.compile(r"^\.(?:.+\.tmp-|fiacli-[a-z]+-)" + _TAG)
+_SWEPT: set[tuple[int, str]] = set()  # (pid, folder) already swept by this process
+
+
+def _start_ticks(pid: int) -> int | None:
+    """When process ``pid`` started (clock ticks after boot), or None when there is none; 0
+    where /proc cannot tell (not Linux)."""
+    if not os.path.isdir("/proc/self"):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return None
+        except (PermissionError, OverflowError):
+            pass
+        return 0
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            return int(fh.read().rsplit(b")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
 
 
 def owner_tag() -> str:
-    """``HOST-PID`` of this process, in the names of its temporary files and folders."""
-    return f"{_HOST}-{os.getpid()}"
+    """``MACHINE-PID-START`` of this process, in the names of its temporary files and folders:
+    with the start time, a PID that a later process reuses does not keep a dead one's files."""
+    pid = os.getpid()
+    return f"{_MACHINE}-{pid}-{_start_ticks(pid) or 0}"
 
 
-def _owner_is_dead(host: str, pid: str) -> bool:
-    """Whether ``HOST-PID`` names a process of this machine that no longer runs (another host's
-    files, on a shared file system, are never judged; nor a PID now used by a live process)."""
-    if host != _HOST:
+def _dead(machine: str, pid: str, start: str) -> bool:
+    """Whether a tag names a process that no longer runs. Only tags of this machine and PID
+    namespace are judged: another host's or container's files, on a shared disk, never are."""
+    if machine != _MACHINE:
         return False
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return True
-    except (PermissionError, OverflowError, ValueError):
-        return False
-    return False
+    ticks = _start_ticks(int(pid))
+    return ticks is None or (ticks != 0 and ticks != int(start))
 
 
-def remove_stale(folder: str | os.PathLike[str], prefix: str) -> int:
-    """Remove the entries of ``folder`` named ``{prefix}{HOST}-{PID}…`` whose process is dead
-    (what a killed fiacli left); returns how many went."""
-    pattern = re.compile(re.escape(prefix) + r"([A-Za-z0-9_]+)-(\d+)(?![0-9])")
+def sweep_stale(folder: str | os.PathLike[str]) -> int:
+    """Remove what killed fiacli processes left in ``folder`` (temporary files, scratch folders,
+    polygon spools), once per folder and process; returns how many entries went."""
+    key = (os.getpid(), os.path.realpath(folder))
+    if key in _SWEPT:
+        return 0
+    _SWEPT.add(key)
     try:
         entries = list(os.scandir(folder))
     except OSError:
         return 0
     removed = 0
     for entry in entries:
-        match = pattern.match(entry.name)
-        if match and _owner_is_dead(match[1], match[2]):
+        match = _LITTER.match(entry.name)
+        if match and _dead(match["machine"], match["pid"], match["start"]):
             _remove(Path(entry.path))
             removed += 1
+    if removed:
+        from fiacli.core.console import warn
+
+        where = os.path.abspath(folder)
+        warn(f"removed {removed} temporary file(s) that killed fiacli runs left in {where}")
     return removed
 
 
 def scratch_folder(folder: str | os.PathLike[str], kind: str) -> tempfile.TemporaryDirectory[str]:
-    """A hidden temporary folder in ``folder`` (``.fiacli-KIND-HOST-PID-…``), removed on exit;
-    the ones killed runs left there go first."""
-    prefix = f".fiacli-{kind}-"
-    remove_stale(folder, prefix)
-    return tempfile.TemporaryDirectory(prefix=f"{prefix}{owner_tag()}-", dir=folder)
+    """A hidden temporary folder in ``folder`` (``.fiacli-KIND-TAG-…``), removed on exit."""
+    sweep_stale(folder)
+    return tempfile.TemporaryDirectory(prefix=f".fiacli-{kind}-{owner_tag()}-", dir=folder)
 
 
 def temporary_name(final: Path) -> Path:
@@ -236,11 +270,7 @@ def atomic_output(path: str | os.PathLike[str], *, overwrite: bool = False) -> I
     :class:`FiacliError`. Signals wait while the files are renamed into place.
     """
     final = check_output_path(path, overwrite=overwrite)
-    stale = remove_stale(final.parent, f".{final.stem}.tmp-")
-    if stale:
-        from fiacli.core.console import warn
-
-        warn(f"removed {stale} temporary file(s) that a killed fiacli run left beside {final}")
+    sweep_stale(final.parent)
     tmp = temporary_name(final)
     for p in family(tmp):
         _remove(p)

@@ -101,13 +101,15 @@ def signals_as_interrupts() -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _handling(signals: tuple[int, ...], handler: Callable[[int, FrameType | None], None]
-              ) -> Iterator[None]:  # fmt: skip
-    """``handler`` for each of ``signals`` that is not ignored, the previous ones back after."""
+def _handling(signals: tuple[int, ...], handler: Callable[[int, FrameType | None], None],
+              *, skip_foreign: bool = False) -> Iterator[None]:  # fmt: skip
+    """``handler`` for each of ``signals`` that is not ignored, the previous ones back after.
+
+    ``skip_foreign``: leave alone a handler installed outside Python (``getsignal`` gives None)."""
     previous: dict[int, Any] = {}
     for sig in signals:
         current = signal.getsignal(sig)
-        if current == signal.SIG_IGN:
+        if current == signal.SIG_IGN or (current is None and skip_foreign):
             continue
         previous[sig] = current
         signal.signal(sig, handler)
@@ -158,7 +160,7 @@ def deferred_signals() -> Iterator[None]:
         pending.append(signum)
 
     try:
-        with _handling(DEFERRED, hold):
+        with _handling(DEFERRED, hold, skip_foreign=True):
             yield
     finally:
         if pending:  # delivered even when the block failed: a preemption must not be lost

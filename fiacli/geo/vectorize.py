@@ -32,7 +32,7 @@ from rasterio.windows import Window
 from scipy import ndimage
 
 from fiacli.core.errors import FiacliError
-from fiacli.core.io import owner_tag, remove_stale
+from fiacli.core.io import owner_tag, sweep_stale
 from fiacli.geo import polygonize
 from fiacli.geo.choices import VECTOR_DRIVERS
 
@@ -429,6 +429,8 @@ def regions_to_frame(
         # a ring starts depends on how the region was cut into pieces (windows, split bands):
         # the canonical start first, so the same polygon always simplifies the same way
         geoms = shapely.simplify(shapely.normalize(geoms), simplify, preserve_topology=True)
+        # normalize made exteriors clockwise: back to GDAL's rings (clockwise in pixel space)
+        geoms = shapely.orient_polygons(geoms, exterior_cw=transform.determinant > 0)
     return gpd.GeoDataFrame(
         {
             "expression": [expression] * int(keep.sum()),
@@ -533,7 +535,7 @@ class PolygonWriter:
         self.closed = [Regions() for _ in self.expressions]  # closed, not yet spooled
         self.in_memory: list[Any] | None = None  # the frames, when nothing had to be spooled
         self.in_memory_all: Any = None  # and all of them in one frame, written to every output
-        remove_stale(folder, ".fiacli-polygons-")  # spools of killed runs
+        sweep_stale(folder)  # spools of killed runs
         fd, name = tempfile.mkstemp(prefix=f".fiacli-polygons-{owner_tag()}-", suffix=".gpkg",
                                     dir=folder)  # fmt: skip
         os.close(fd)

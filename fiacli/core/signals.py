@@ -71,7 +71,8 @@ def _main_thread() -> bool:
 
 @contextlib.contextmanager
 def signals_as_interrupts() -> Iterator[None]:
-    """While inside, SIGTERM and SIGHUP raise :class:`Interrupted` in the main thread.
+    """While inside, SIGTERM and SIGHUP raise :class:`Interrupted` in the main thread, and
+    Ctrl-C its KeyboardInterrupt even when it lands in a finaliser (which would drop it).
 
     A signal that is ignored (``nohup`` ignores SIGHUP) stays ignored. After the first signal,
     further SIGTERM/SIGHUP are ignored, so a scheduler's repeated signal does not interrupt the
@@ -96,7 +97,13 @@ def signals_as_interrupts() -> Iterator[None]:
         fired = True
         raise Interrupted(signum)
 
-    with _handling(TERMINATING, handler):
+    def ctrl_c(signum: int, frame: FrameType | None) -> None:
+        if _swallowing(frame):  # Python's own handler would raise it there, and it would be lost
+            _resend_soon(signum)
+            return
+        raise KeyboardInterrupt
+
+    with _handling(TERMINATING, handler), _handling((signal.SIGINT,), ctrl_c):
         yield
 
 

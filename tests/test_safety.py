@@ -319,3 +319,12 @@ def test_a_long_error_is_one_line_at_any_terminal_width(tmp_path):
     assert out.returncode == 1
     lines = out.stderr.splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and len(lines[0]) > 150, lines
+
+
+@pytest.mark.parametrize("force", [[], ["-f"]])
+def test_an_output_that_is_the_scene_is_a_usage_error_with_or_without_f(run_cli, small_scene,
+                                                                        force):  # fmt: skip
+    """Not "already exists; pass -f": -f would not help, so the advice must not be given."""
+    r = run_cli("segment", str(small_scene), "the red car", "-o", str(small_scene), *force)
+    assert r.exit_code == 2, r.stderr
+    assert "pass -f" not in r.stderr and r.stderr.startswith("error: ")

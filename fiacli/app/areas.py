@@ -230,9 +230,8 @@ def preflight_areas(
     given = [expressions] if isinstance(expressions, str) else list(expressions)
     # with --expression-field, each feature brings its own: -e ones are then optional
     texts = clean_expressions(given) if given or not area_options.expression_field else []
-    outputs = plan_outputs(output, options)
     aoi_file = area_options.aoi if isinstance(area_options.aoi, (str, os.PathLike)) else None
-    refuse_overwriting_inputs(outputs.every(), [scene, aoi_file, *inputs])
+    outputs = plan_outputs(output, options, inputs=[scene, aoi_file, *inputs])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         probe = open_scene(scene, bands=options.bands, resolution=options.resolution,

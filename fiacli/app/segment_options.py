@@ -180,8 +180,10 @@ class Outputs:
         }
 
 
-def plan_outputs(output: PathLike | Sequence[PathLike], options: SegmentOptions) -> Outputs:
-    """Sort outputs by extension and refuse, before any work, what cannot be written."""
+def plan_outputs(output: PathLike | Sequence[PathLike], options: SegmentOptions, *,
+                 inputs: Sequence[PathLike | None] = ()) -> Outputs:  # fmt: skip
+    """Sort outputs by extension and refuse, before any work, what cannot be written: first an
+    output that is one of ``inputs`` (a usage error, -f or not), then one that exists."""
     from fiacli.geo.preview import check_preview_path
 
     paths = [Path(output)] if isinstance(output, (str, os.PathLike)) else [Path(p) for p in output]
@@ -212,6 +214,7 @@ def plan_outputs(output: PathLike | Sequence[PathLike], options: SegmentOptions)
     resolved = [p.resolve() for p in every]
     if len(set(resolved)) != len(resolved):
         raise UsageError("the same output path is given twice")
+    refuse_overwriting_inputs(every, inputs)
     for p in every:
         check_output_path(p, overwrite=options.overwrite)
     return Outputs(mask, vectors, prob, man, look)
@@ -256,8 +259,7 @@ def preflight(
 
     options.check()
     texts = clean_expressions(expressions)
-    outputs = plan_outputs(output, options)
-    refuse_overwriting_inputs(outputs.every(), [scene, *inputs])
+    outputs = plan_outputs(output, options, inputs=[scene, *inputs])
     with warnings.catch_warnings():  # the run itself shows the scene's warnings once
         warnings.simplefilter("ignore")
         probe = open_scene(

@@ -98,7 +98,7 @@ BAD = [
     (["{scene}"], 2, "no expression"),
     (["{scene}", "red", "-o", "{tmp}/x.kml"], 2, "unknown output extension"),
     (["{scene}", "red", "-o", "{tmp}/none/x.tif"], 1, "does not exist"),
-    (["{scene}", "red", "-o", "{scene}"], 1, "already exists"),
+    (["{scene}", "red", "-o", "{scene}"], 2, "is the input"),  # -f would not help: not "exists"
     (["{scene}", "red", "--overlap", "600"], 2, "--overlap"),
     (["{scene}", "red", "--device", "tpu"], 1, "device"),
     (["{scene}", "red", "--precision", "fp16", "--device", "cpu"], 1, "fp16 needs a CUDA"),

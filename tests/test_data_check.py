@@ -251,3 +251,11 @@ def test_cli_clean_exit_zero(run_cli, tmp_path):
 def test_cli_bad_dataset_name_is_a_usage_error(run_cli, tmp_path):
     r = run_cli("data", "check", "--dataset", "coco", "--data-root", str(tmp_path))
     assert r.exit_code == 2
+
+
+def test_cli_check_that_finds_errors_ends_with_one_error_line(run_cli, tmp_path):
+    r = run_cli("data", "check", "--data-root", str(tmp_path / "nothere"), "--dataset", "rrsisd")
+    assert r.exit_code == 1
+    assert r.stderr.startswith("error: ") and r.stderr.count("error:") == 1, r.stderr
+    assert "data root does not exist" in " ".join(r.stderr.split())
+    assert "Problems" in r.stdout  # the table still lists every problem

@@ -93,7 +93,11 @@ def check(
     else:
         _print_report(console, checker, show_all)
     if errors:
-        raise typer.Exit(1)
+        from fiacli.core.errors import FiacliError
+
+        first = next(p for p in problems if p.severity == ERROR)
+        more = f" (and {errors - 1} more, listed above)" if errors > 1 else ""
+        raise FiacliError(f"{data_root} is not ready for training: {first.message}{more}")
 
 
 @data_app.command(

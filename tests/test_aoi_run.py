@@ -485,6 +485,23 @@ def test_many_expressions_preview_one_colour_per_band(tmp_path):
     assert title == "red one | red two | areas of interest (2)"
 
 
+def test_the_preview_footer_names_the_scene_and_counts_the_polygons_written(
+    two_squares, tmp_path, monkeypatch
+):
+    """Not the hidden VRT of the AOIs' window, and not the AOI outlines counted as polygons."""
+    import fiacli.geo.preview as preview
+
+    seen = []
+    monkeypatch.setattr(
+        preview, "_footer", lambda scene, n, name=None: seen.append((name, n)) or ""
+    )
+    scene, features = two_squares
+    segment_areas(scene, "the red square", tmp_path / "o.gpkg", aoi=features, predictor=Oracle(),
+                  preview=tmp_path / "o.png")  # fmt: skip
+    written = len(gpd.read_file(tmp_path / "o.gpkg"))
+    assert written > 0 and seen == [("scene.tif", written)]
+
+
 def test_a_16_bit_scene_is_shown_with_the_scene_wide_stretch(tmp_path):
     from rasterio.windows import Window
 

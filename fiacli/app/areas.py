@@ -770,7 +770,8 @@ class _Runner:
             resampling="bilinear" if self.resampled else "nearest",
         ), encoding="utf-8")  # fmt: skip
         with open_scene(vrt) as view:
-            write_scene_preview(path, view, [*frames, aois], labels)
+            write_scene_preview(path, view, [*frames, aois], labels,
+                                name=Path(self.plan.scene).name, polygons=len(frame))  # fmt: skip
 
 
 def _source_name(scene: str) -> str:

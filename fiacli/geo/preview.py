@@ -173,8 +173,8 @@ def _inset(scene: Any, layers: Sequence[Layer], scale: float) -> Inset | None:
     return Inset(rgb.transpose(1, 2, 0), col, row)
 
 
-def _footer(scene: Any, n: int) -> str:
-    parts = [Path(scene.path).name, f"{scene.width:,} x {scene.height:,} px"]
+def _footer(scene: Any, n: int, name: str | None = None) -> str:
+    parts = [name or Path(scene.path).name, f"{scene.width:,} x {scene.height:,} px"]
     if scene.crs is not None:
         parts.append(scene.crs.to_string())
         t = scene.transform
@@ -197,10 +197,13 @@ def write_scene_preview(
     labels: Sequence[str],
     *,
     max_side: int = MAX_SIDE,
+    name: str | None = None,
+    polygons: int | None = None,
 ) -> Path:
     """Draw ``frames`` (GeoDataFrames in the scene's CRS, one per label) over ``scene`` (an
     open :class:`fiacli.geo.raster.Scene`) and save the PNG at ``path`` (already a temporary name:
-    the caller makes it atomic)."""
+    the caller makes it atomic). The footer names the scene (``name``: when ``scene`` is a view
+    of it) and counts the polygons (``polygons``: when some frames are not results)."""
     import shapely
     from PIL.PngImagePlugin import PngInfo
 
@@ -223,7 +226,7 @@ def write_scene_preview(
         rgb.transpose(1, 2, 0),
         layers,
         scale=scale,
-        footer=_footer(scene, sum(len(f) for f in frames)),
+        footer=_footer(scene, sum(len(f) for f in frames) if polygons is None else polygons, name),
         inset=_inset(scene, layers, max(scale)),
     )
     info = PngInfo()

@@ -266,7 +266,7 @@ CASES = [
     Case("seg-resolution-negative", seg("s.tif", "red", "-o", "o.tif", "--resolution", "-2"), 2,
          "--resolution must be a positive"),
     Case("seg-resolution-tiny", seg("s.tif", "red", "-o", "o.tif", "--resolution", "1e-9"), 2,
-         r"would make the scene .* pixels"),  # was an OverflowError
+         r"would upsample .* pixels"),  # was an OverflowError
     Case("seg-chip-small", seg("s.tif", "red", "-o", "o.tif", "--chip", "8"), 2, "--chip"),
     Case("seg-overlap-chip", seg("s.tif", "red", "-o", "o.tif", "--chip", "32", "--overlap", "32"),
          2, "--overlap"),

@@ -198,6 +198,10 @@ def test_resolution_resamples_on_the_same_crs_and_orientation(tmp_path):
         assert scene.width == 24 and scene.height == 23
     with pytest.raises(UsageError):
         open_scene(path, resolution=-1)
+    with open_scene(path, resolution=0.0625) as scene:  # 8x finer a side: the most allowed
+        assert (scene.width, scene.height) == (480, 320)
+    with pytest.raises(UsageError, match=r"upsample .* 10x a side .* at most 8x"):
+        open_scene(path, resolution=0.05)  # 10x: an hours-long run with nothing to gain
 
 
 def test_row_writer_writes_rows_in_any_block_heights(tmp_path):

@@ -361,6 +361,9 @@ def _prepare(
     return Scene(path, src, dataset, indexes, stretch, georeferenced, notes, resolution=resolution)
 
 
+MAX_UPSAMPLE = 8  # --resolution may make pixels at most this many times finer a side
+
+
 def _warped(src: Any, resolution: float) -> WarpedVRT:
     """A bilinear WarpedVRT with ``resolution``-metre pixels on the same CRS and orientation."""
     t = src.transform
@@ -370,6 +373,15 @@ def _warped(src: Any, resolution: float) -> WarpedVRT:
     sx, sy = resolution / px, resolution / py
     width = max(1, math.ceil(src.width / sx - 1e-9))
     height = max(1, math.ceil(src.height / sy - 1e-9))
+    finest = min(px, py) / MAX_UPSAMPLE
+    if resolution < finest * (1 - 1e-9):  # no detail to gain, and hours of chips to pay for it
+        raise UsageError(
+            f"--resolution {resolution:g} m would upsample the scene's {px:.3g} x {py:.3g} m "
+            f"pixels {max(1 / sx, 1 / sy):,.0f}x a side ({width:,} x {height:,} pixels); "
+            f"fiacli upsamples at most {MAX_UPSAMPLE}x (--resolution {finest:.3g}); resample it "
+            "with gdalwarp "
+            "first if that is really what you want"
+        )
     if max(width, height) > MAX_SIDE:  # GDAL's sizes are 32-bit: an OverflowError otherwise
         raise UsageError(
             f"--resolution {resolution:g} m would make the scene {width:,} x {height:,} pixels "

@@ -526,7 +526,7 @@ def convert_checkpoint(
         state = fiacli_to_released(model.state_dict(), config)
         with atomic_output(dst, overwrite=overwrite) as tmp:
             if Path(dst).suffix in (".pth", ".pt"):
-                torch.save({"model": state}, tmp)
+                torch.save({"model": state, "args": _args_for_released(meta, config)}, tmp)
             else:
                 from safetensors.torch import save_file
 
@@ -543,6 +543,18 @@ def convert_checkpoint(
         sum(p.numel() for p in model.parameters()),
         notes,
     )
+
+
+def _args_for_released(meta: Mapping[str, Any], config: FIANetConfig) -> dict[str, Any]:
+    """What a released file's ``args`` says that fiacli reads back: the image size and, when the
+    model's vocabulary is a released dataset's, that dataset (else converting back guesses it).
+    A plain dict, not an ``argparse.Namespace``: it loads with ``weights_only``, as data."""
+    args: dict[str, Any] = {"img_size": config.image_size}
+    classes = tuple((meta.get("parse") or {}).get("classes") or ())
+    for name in RELEASED_DATASET_NAMES:
+        if classes == tuple(DATASETS[name].classes):
+            args["dataset"] = name
+    return args
 
 
 def _released_gaps(config: FIANetConfig) -> list[str]:

@@ -225,10 +225,12 @@ def evaluate_checkpoint(
     dev = resolve_device(device)
     model, meta = load_checkpoint(checkpoint, device=dev)
     settings = ParseSettings.from_checkpoint_meta(meta, str(checkpoint))
+    label = dataset
     if dataset == "auto":  # name the layout, so RefSegRS gets its per-class-name table
         from fiacli.training.datasets import detect_layout
 
         dataset = detect_layout(data_root)
+        label = f"{Path(data_root).name} ({dataset} layout)"  # not the dataset itself
     ds = open_dataset(
         dataset, data_root, split, eval_transform(model.image_size, keep_full_mask=full_res)
     )
@@ -262,7 +264,7 @@ def evaluate_checkpoint(
     )
     result.info = {
         "checkpoint": str(checkpoint),
-        "dataset": dataset,
+        "dataset": label,
         "split": split,
         "samples": len(ds),
         "resolution": "full" if full_res else f"{model.image_size}x{model.image_size}",

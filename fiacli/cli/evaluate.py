@@ -52,7 +52,13 @@ def evaluate(
     num_workers: NumWorkers = 0,
     device: Device = "auto",
     json_out: JsonOutput = False,
-    csv_out: Annotated[bool, typer.Option("--csv", help="Print CSV on stdout.")] = False,
+    csv_out: Annotated[
+        bool,
+        typer.Option(
+            "--csv",
+            help="Print CSV on stdout (percent, as the paper's tables; --json gives fractions).",
+        ),
+    ] = False,
 ) -> None:
     """Pr@0.5–0.9, oIoU and mIoU of a checkpoint on one split, and mIoU per category.
 

@@ -24,7 +24,13 @@ _PUBLISHED = [d.name for d in DATASETS.values() if d.published_counts]
 _UNPUBLISHED = [d.name for d in DATASETS.values() if not d.published_counts]
 
 
-data_app = new_app(help="Dataset tools: validate a download, generate synthetic data.")
+data_app = new_app(
+    help="Dataset tools: validate a download, generate synthetic data.",
+    epilog=examples(
+        "fiacli data check --dataset rrsisd --data-root data/rrsisd",
+        "fiacli data synth -o synth",
+    ),
+)
 
 
 @data_app.command(

@@ -219,3 +219,12 @@ def test_nltk_tagger_missing_is_one_line(run_cli, tmp_path, monkeypatch):
         reset_tagger_cache()
     assert result.exit_code == 1
     assert "NLTK_DATA" in one_line(result.stderr)
+
+
+def test_batch_output_must_be_a_jsonl_file(run_cli, tmp_path):
+    """A .csv would silently hold JSON lines."""
+    source = tmp_path / "e.txt"
+    source.write_text("the ship\n")
+    r = run_cli("parse", "-i", str(source), "-o", str(tmp_path / "p.csv"), "--tagger", "offline")
+    assert r.exit_code == 2 and "give a .jsonl path" in " ".join(r.stderr.split())
+    assert not (tmp_path / "p.csv").exists()

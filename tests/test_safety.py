@@ -313,7 +313,8 @@ def test_a_long_error_is_one_line_at_any_terminal_width(tmp_path):
     missing = tmp_path / ("a-very-long-folder-name-" * 6) / "expressions.txt"
     env = {**os.environ, "COLUMNS": "30"}
     out = subprocess.run(
-        [sys.executable, "-m", "fiacli", "parse", "-i", str(missing), "-o", str(tmp_path / "p")],
+        [sys.executable, "-m", "fiacli", "parse", "-i", str(missing), "-o",
+         str(tmp_path / "p.jsonl")],
         capture_output=True, text=True, env=env,
     )  # fmt: skip
     assert out.returncode == 1

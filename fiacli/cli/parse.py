@@ -249,6 +249,10 @@ def parse(
     assert output is not None
     tokenizer_file = Path(tokenizer) if tokenizer and Path(tokenizer).is_file() else None
     refuse_overwriting_inputs([output], [input, classes, tokenizer_file])  # -f or not
+    if output.suffix.lower() not in (".jsonl", ".json"):  # a .csv would hold JSON lines
+        raise UsageError(
+            f"-o writes the parse cache as JSON lines; give a .jsonl path, not {output}"
+        )
     check_output_path(output, overwrite=overwrite)  # refuse before any work
     if input is not None:
         expressions = read_expression_file(input)

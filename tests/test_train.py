@@ -83,6 +83,10 @@ def test_resume_continues_exactly(data, straight, tmp_path):
     assert (first.step, first.stopped) == (3, "max_steps")
     state = torch.load(tmp_path / "b" / "last.state.pt", weights_only=True)
     assert state["step"] == 3
+    logged = [
+        json.loads(line) for line in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()
+    ]
+    assert [r["step"] for r in logged if r["kind"] == "step"][-1] == 3  # the stop step is logged
     from fiacli.training.recipe import load_run_config
 
     resumed = _train(load_run_config(tmp_path / "b", {}), resume=True)

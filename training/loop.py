@@ -424,7 +424,13 @@ class Trainer:
                 pending, index = [], index + 1
                 lr = self.optimizer.param_groups[0]["lr"]
                 window.append(loss)
-                if self.step % cfg.log_every == 0 or index == self.steps_per_epoch:
+                stop = None
+                if cfg.max_steps is not None and self.step >= cfg.max_steps:
+                    stop = "max_steps"
+                elif budget is not None and time.monotonic() - t0 >= budget:
+                    stop = "time_budget"
+                # the last steps before a stop are logged too, not left in the window
+                if self.step % cfg.log_every == 0 or index == self.steps_per_epoch or stop:
                     now = time.monotonic()
                     its = (self.step - tic_step) / max(now - tic, 1e-9)
                     tic, tic_step = now, self.step
@@ -441,11 +447,8 @@ class Trainer:
                     )
                     window = []
                 bar.update(task, advance=1, status=f"loss {loss:.4f} lr {lr:.2e} {its:.2f} it/s")
-                if cfg.max_steps is not None and self.step >= cfg.max_steps:
-                    result.stopped = "max_steps"
-                    return True
-                if budget is not None and time.monotonic() - t0 >= budget:
-                    result.stopped = "time_budget"
+                if stop is not None:
+                    result.stopped = stop
                     return True
                 if index == self.steps_per_epoch:
                     break

@@ -525,7 +525,7 @@ def convert_checkpoint(
     else:
         state = fiacli_to_released(model.state_dict(), config)
         with atomic_output(dst, overwrite=overwrite) as tmp:
-            if Path(dst).suffix in (".pth", ".pt"):
+            if Path(dst).suffix.lower() in (".pth", ".pt"):
                 torch.save({"model": state, "args": _args_for_released(meta, config)}, tmp)
             else:
                 from safetensors.torch import save_file

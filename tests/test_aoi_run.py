@@ -499,7 +499,7 @@ def test_the_preview_footer_names_the_scene_and_counts_the_polygons_written(
     segment_areas(scene, "the red square", tmp_path / "o.gpkg", aoi=features, predictor=Oracle(),
                   preview=tmp_path / "o.png")  # fmt: skip
     written = len(gpd.read_file(tmp_path / "o.gpkg"))
-    assert written > 0 and seen == [("scene.tif", written)]
+    assert written > 0 and seen == [("scene.tif, AOI window", written)]
 
 
 def test_a_16_bit_scene_is_shown_with_the_scene_wide_stretch(tmp_path):

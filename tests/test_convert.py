@@ -200,8 +200,8 @@ def test_to_released_warns_about_parts_the_released_code_would_leave_random(
     assert "backbone.layers.0.object_position_align_blk.go_cross_attn.f_key.0.weight" in state
 
 
-@pytest.mark.parametrize("dataset", ["rrsisd", "refsegrs"])
-def test_a_round_trip_through_a_released_pth_keeps_the_dataset(tmp_path: Path, run_cli, dataset):
+@pytest.mark.parametrize(("dataset", "name"), [("rrsisd", "x.pth"), ("refsegrs", "x.PTH")])
+def test_a_round_trip_through_a_released_pth_keeps_the_dataset(tmp_path, run_cli, dataset, name):
     """The exported .pth says which dataset the vocabulary is (args, as plain data), so
     converting it back does not guess from num_tmem."""
     from fiacli.models import FIANet, load_checkpoint, save_checkpoint
@@ -209,10 +209,10 @@ def test_a_round_trip_through_a_released_pth_keeps_the_dataset(tmp_path: Path, r
 
     parse = ParseSettings.for_dataset(dataset).to_dict()
     src = save_checkpoint(tmp_path / "mine.safetensors", FIANet(minimal_config()), {"parse": parse})
-    r = run_cli("convert", str(src), "--to", "released", "-o", str(tmp_path / "x.pth"))
+    r = run_cli("convert", str(src), "--to", "released", "-o", str(tmp_path / name))
     assert r.exit_code == 0, r.stderr
-    assert torch.load(tmp_path / "x.pth", weights_only=True)["args"]["dataset"] == dataset
-    r = run_cli("convert", str(tmp_path / "x.pth"), "-o", str(tmp_path / "back.safetensors"))
+    assert torch.load(tmp_path / name, weights_only=True)["args"]["dataset"] == dataset
+    r = run_cli("convert", str(tmp_path / name), "-o", str(tmp_path / "back.safetensors"))
     assert r.exit_code == 0, r.stderr
     assert "records no dataset" not in r.stderr
     _, meta = load_checkpoint(tmp_path / "back.safetensors")

@@ -126,3 +126,19 @@ def test_safe_unpickler_reads_plain_data_and_refuses_code():
 def test_safe_unpickler_reports_garbage():
     with pytest.raises(FiacliError, match="not a readable pickle"):
         safe_loads(b"\x80\x04garbage")
+
+
+def test_another_users_live_process_keeps_its_files(monkeypatch):
+    """On clusters /proc is often hidden (hidepid) and os.kill says EPERM for another user's
+    process: in doubt, a process counts as alive and its temporary files stay."""
+    import fiacli.core.io as io
+
+    machine = owner_tag().split("-")[0]
+
+    def eperm(pid, sig):
+        raise PermissionError
+
+    monkeypatch.setattr(io.os, "kill", eperm)
+    monkeypatch.setattr(io, "_start_ticks", lambda pid: None)
+    assert not io._dead(machine, "4242", "7")
+    assert not io._dead("otherhost_0123456789", "4242", "7")  # another machine: never judged

@@ -202,6 +202,9 @@ def test_resolution_resamples_on_the_same_crs_and_orientation(tmp_path):
         assert (scene.width, scene.height) == (480, 320)
     with pytest.raises(UsageError, match=r"upsample .* 10x a side .* at most 8x"):
         open_scene(path, resolution=0.05)  # 10x: an hours-long run with nothing to gain
+    tall = write_tif(tmp_path / "tall.tif", data, transform=Affine(1, 0, 0, 0, -10, 0))
+    with pytest.raises(UsageError, match="50x a side"):  # 5x across, but 50x down
+        open_scene(tall, resolution=0.2)
 
 
 def test_row_writer_writes_rows_in_any_block_heights(tmp_path):

@@ -329,3 +329,14 @@ def test_an_output_that_is_the_scene_is_a_usage_error_with_or_without_f(run_cli,
     r = run_cli("segment", str(small_scene), "the red car", "-o", str(small_scene), *force)
     assert r.exit_code == 2, r.stderr
     assert "pass -f" not in r.stderr and r.stderr.startswith("error: ")
+
+
+def test_a_vrt_source_as_output_is_a_usage_error_even_without_f(run_cli, small_scene, tmp_path):
+    """The scene's own files (a VRT's sources) are checked before "already exists" too."""
+    from rasterio.shutil import copy
+
+    vrt = tmp_path / "m.vrt"
+    copy(str(small_scene), str(vrt), driver="VRT")
+    r = run_cli("segment", str(vrt), "the red car", "-o", str(small_scene))
+    assert r.exit_code == 2, r.stderr
+    assert "pass -f" not in r.stderr and "is the input" in " ".join(r.stderr.split())

@@ -230,7 +230,7 @@ def evaluate_checkpoint(
         from fiacli.training.datasets import detect_layout
 
         dataset = detect_layout(data_root)
-        label = f"{Path(data_root).name} ({dataset} layout)"  # not the dataset itself
+        label = f"{Path(data_root).resolve().name} ({dataset} layout)"  # not the dataset
     ds = open_dataset(
         dataset, data_root, split, eval_transform(model.image_size, keep_full_mask=full_res)
     )
@@ -264,7 +264,8 @@ def evaluate_checkpoint(
     )
     result.info = {
         "checkpoint": str(checkpoint),
-        "dataset": label,
+        "dataset": dataset,  # the name (or detected layout) scripts read
+        "data": label,  # what the table's title shows
         "split": split,
         "samples": len(ds),
         "resolution": "full" if full_res else f"{model.image_size}x{model.image_size}",
@@ -287,7 +288,8 @@ def overall_table(result: EvalResult, label: str = "FIANet") -> Any:
 
     info = result.info
     title = (
-        f"{info.get('dataset', '')} {info.get('split', '')}: {result.metrics['n']} samples at "
+        f"{info.get('data', info.get('dataset', ''))} {info.get('split', '')}: "
+        f"{result.metrics['n']} samples at "
         f"{info.get('resolution', '')}"
     ).strip()
     table = Table(title=title, title_justify="left")

@@ -55,6 +55,7 @@ from fiacli.app.pipeline import ChipPredictor, SegmentResult, segment_raster, wr
 from fiacli.app.segment_options import (
     Outputs,
     SegmentOptions,
+    check_existing,
     clean_expressions,
     plan_outputs,
 )
@@ -231,7 +232,9 @@ def preflight_areas(
     # with --expression-field, each feature brings its own: -e ones are then optional
     texts = clean_expressions(given) if given or not area_options.expression_field else []
     aoi_file = area_options.aoi if isinstance(area_options.aoi, (str, os.PathLike)) else None
-    outputs = plan_outputs(output, options, inputs=[scene, aoi_file, *inputs])
+    # an output that is an input is refused before one that exists: -f would not help it
+    outputs = plan_outputs(output, replace(options, overwrite=True),
+                           inputs=[scene, aoi_file, *inputs])  # fmt: skip
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         probe = open_scene(scene, bands=options.bands, resolution=options.resolution,
@@ -242,6 +245,7 @@ def preflight_areas(
         if probe.crs is None:
             raise FiacliError(f"{scene} has no CRS; areas of interest need a georeferenced scene")
         crs, transform, width, height = probe.crs, probe.transform, probe.width, probe.height
+    check_existing(outputs, overwrite=options.overwrite)
     a = area_options
     if a.bbox is not None:
         found = bbox_area(a.bbox, scene_crs=crs, bbox_crs=a.bbox_crs)
@@ -771,7 +775,8 @@ class _Runner:
         ), encoding="utf-8")  # fmt: skip
         with open_scene(vrt) as view:
             write_scene_preview(path, view, [*frames, aois], labels,
-                                name=Path(self.plan.scene).name, polygons=len(frame))  # fmt: skip
+                                name=f"{Path(self.plan.scene).name}, AOI window",
+                                polygons=len(frame))  # fmt: skip
 
 
 def _source_name(scene: str) -> str:

@@ -259,7 +259,8 @@ def preflight(
 
     options.check()
     texts = clean_expressions(expressions)
-    outputs = plan_outputs(output, options, inputs=[scene, *inputs])
+    # an output that is an input is refused before one that exists: -f would not help it
+    outputs = plan_outputs(output, replace(options, overwrite=True), inputs=[scene, *inputs])
     with warnings.catch_warnings():  # the run itself shows the scene's warnings once
         warnings.simplefilter("ignore")
         probe = open_scene(
@@ -270,7 +271,14 @@ def preflight(
         refuse_overwriting_inputs(outputs.every(), probe.src.files)
         if probe.crs is None and (options.min_area > 0 or options.dst_crs is not None):
             raise UsageError("--min-area and --dst-crs need a georeferenced scene")
+    check_existing(outputs, overwrite=options.overwrite)
     return Plan(texts, outputs)
+
+
+def check_existing(outputs: Outputs, *, overwrite: bool) -> None:
+    """Refuse an output that exists, unless ``overwrite`` (after the inputs were checked)."""
+    for p in outputs.every():
+        check_output_path(p, overwrite=overwrite)
 
 
 __all__ = [
@@ -278,6 +286,7 @@ __all__ = [
     "SCOPES",
     "Outputs",
     "Plan",
+    "check_existing",
     "SegmentOptions",
     "clean_expressions",
     "plan_outputs",

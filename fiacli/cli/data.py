@@ -102,7 +102,7 @@ def check(
         from fiacli.core.errors import FiacliError
 
         first = next(p for p in problems if p.severity == ERROR)
-        more = f" (and {errors - 1} more, listed above)" if errors > 1 else ""
+        more = f" ({errors} errors in all)" if errors > 1 else ""
         raise FiacliError(f"{data_root} is not ready for training: {first.message}{more}")
 
 

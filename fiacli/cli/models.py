@@ -23,9 +23,7 @@ def _table(entries: list) -> object:
     table = Table(title="models (-m NAME)", title_justify="left")
     for col in ("name", "source", "trained on", "image", "val mIoU", "size", "note", "path"):
         right = col in ("image", "val mIoU", "size")
-        whole = col in ("name", "image", "val mIoU", "size")  # a name or a number: never cut
-        table.add_column(col, justify="right" if right else "left", overflow="fold",
-                         no_wrap=whole)  # fmt: skip
+        table.add_column(col, justify="right" if right else "left", overflow="fold")
     for e in entries:
         d = e.details
         if not e.exists:

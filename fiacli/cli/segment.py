@@ -120,7 +120,7 @@ def _segment_batch(scenes: list[str], texts: list[str], params: dict[str, Any],
         "parcel_id -m model.safetensors -o found.gpkg",
         'fiacli segment scene.tif "the ship" --bbox 12.30,45.42,12.36,45.45 --bbox-crs EPSG:4326 '
         "-m model.safetensors -o ship.tif --crop",
-        "fiacli segment ortho_20cm.tif --expressions queries.txt --bands 3,2,1 --resolution 0.5 "
+        "fiacli segment rgbn_20cm.tif --expressions queries.txt --bands 1,2,3 --resolution 0.5 "
         "-m model.safetensors -o out.parquet --json",
         "fiacli segment 'archive/*.tif' --input-list more.txt -e \"the storage tank\" "
         "-m model.safetensors -o 'out/{stem}.gpkg'",

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import os
 import re
 import shutil
@@ -182,8 +183,18 @@ def _pid_namespace() -> int:
         return 0
 
 
-# who can judge a temporary file: the same host name, in the same PID namespace
-_MACHINE = f"{re.sub(r'[^A-Za-z0-9]', '', socket.gethostname()) or 'host'}_{_pid_namespace()}"
+def _machine() -> str:
+    """Who can judge a temporary file: the same host (full name and machine id) in the same PID
+    namespace; readable host prefix, then a digest (hosts named alike stay apart)."""
+    host = socket.gethostname()
+    machine_id = ""
+    with contextlib.suppress(OSError):
+        machine_id = Path("/etc/machine-id").read_text(encoding="ascii").strip()
+    digest = hashlib.blake2b(f"{host}|{machine_id}|{_pid_namespace()}".encode(), digest_size=5)
+    return f"{re.sub(r'[^A-Za-z0-9]', '', host)[:16] or 'host'}_{digest.hexdigest()}"
+
+
+_MACHINE = _machine()
 _TAG = r"(?P<machine>[A-Za-z0-9_]+)-(?P<pid>\d+)-(?P<start>\d+)(?![0-9])"
 # what fiacli writes under a tag: temporary files beside outputs, hidden scratch folders/spools
 _LITTER = re.compile(r"^\.(?:.+\.tmp-|fiacli-[a-z]+-)" + _TAG)
@@ -191,16 +202,7 @@ _SWEPT: set[tuple[int, str]] = set()  # (pid, folder) already swept by this proc
 
 
 def _start_ticks(pid: int) -> int | None:
-    """When process ``pid`` started (clock ticks after boot), or None when there is none; 0
-    where /proc cannot tell (not Linux)."""
-    if not os.path.isdir("/proc/self"):
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return None
-        except (PermissionError, OverflowError):
-            pass
-        return 0
+    """When process ``pid`` started (clock ticks after boot); None when /proc cannot tell."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as fh:
             return int(fh.read().rsplit(b")", 1)[1].split()[19])
@@ -217,11 +219,18 @@ def owner_tag() -> str:
 
 def _dead(machine: str, pid: str, start: str) -> bool:
     """Whether a tag names a process that no longer runs. Only tags of this machine and PID
-    namespace are judged: another host's or container's files, on a shared disk, never are."""
+    namespace are judged (another host's or container's files on a shared disk never are), and
+    any doubt (another user's process, a hidden /proc) counts as alive."""
     if machine != _MACHINE:
         return False
-    ticks = _start_ticks(int(pid))
-    return ticks is None or (ticks != 0 and ticks != int(start))
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except (PermissionError, OverflowError):
+        return False  # alive (another user's) or not a PID at all: not ours to remove
+    ticks = _start_ticks(int(pid))  # alive: the same process, or a later one reusing its PID?
+    return ticks is not None and int(start) != 0 and ticks != int(start)
 
 
 def sweep_stale(folder: str | os.PathLike[str]) -> int:

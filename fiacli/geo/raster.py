@@ -373,7 +373,7 @@ def _warped(src: Any, resolution: float) -> WarpedVRT:
     sx, sy = resolution / px, resolution / py
     width = max(1, math.ceil(src.width / sx - 1e-9))
     height = max(1, math.ceil(src.height / sy - 1e-9))
-    finest = min(px, py) / MAX_UPSAMPLE
+    finest = max(px, py) / MAX_UPSAMPLE  # "a side": the coarser side sets the limit
     if resolution < finest * (1 - 1e-9):  # no detail to gain, and hours of chips to pay for it
         raise UsageError(
             f"--resolution {resolution:g} m would upsample the scene's {px:.3g} x {py:.3g} m "

@@ -134,24 +134,6 @@ def test_a_split_scene_equals_the_whole_scene(tmp_path, blend, overlap, open_px,
     assert not list(out.glob(".*"))  # parts and job folder removed
 
 
-@pytest.mark.parametrize("simplify", [0.7, 3.0])
-def test_a_split_scene_simplifies_its_polygons_as_the_whole_scene_does(tmp_path, simplify):
-    """Douglas-Peucker depends on where a ring starts, and a polygon merged across band seams
-    starts elsewhere than one merged across windows only: both must simplify alike."""
-    scene = scene_with_holes(tmp_path / "s.tif", 230, 150)
-    kw = dict(chip=48, overlap=16, simplify=simplify)
-    one = tmp_path / "one"
-    one.mkdir()
-    segment_raster(scene, ["red", "blue"], [one / "x.tif", one / "x.gpkg"],
-                   predictor=Oracle(radius=2), probabilities=one / "p.tif", **kw)  # fmt: skip
-    out = tmp_path / "split"
-    out.mkdir()
-    segment_many([scene], ["red", "blue"], [out / "x.tif", out / "x.gpkg"], model=Model(),
-                 probabilities=out / "p.tif", batch=BatchOptions(split_scene=True),
-                 split_parts=3, **kw)  # fmt: skip
-    assert_same_outputs(one, out)
-
-
 def test_a_split_scene_with_cog_outputs_min_area_reprojection_and_preview(tmp_path):
     scene = write_tif(tmp_path / "s.tif", random_rgb(200, 120, seed=4))
     kw = dict(chip=48, overlap=16, cog=True, min_area=2.0, dst_crs="EPSG:4326")
@@ -175,17 +157,22 @@ def test_a_split_scene_with_cog_outputs_min_area_reprojection_and_preview(tmp_pa
         assert ds.profile.get("tiled") and ds.overviews(1) == []  # small: COG without overviews
 
 
-@pytest.mark.parametrize("case", ["uint16", "resolution", "one band"])
+@pytest.mark.parametrize("case", ["uint16", "resolution", "one band", "simplify 0.7",
+                                  "simplify 3"])  # fmt: skip
 def test_stretched_resampled_or_grey_scenes_split_exactly_too(tmp_path, case):
     rgb = random_rgb(230, 150, seed=2)
     data, kw = rgb, {"chip": 48, "overlap": 16}
-    if case == "uint16":  # stretched with the statistics of the whole scene
+    if case.startswith("simplify"):
+        # Douglas-Peucker depends on where a ring starts, and a polygon merged across band
+        # seams starts elsewhere than one merged across windows only: both must simplify alike
+        kw["simplify"] = float(case.split()[1])
+    elif case == "uint16":  # stretched with the statistics of the whole scene
         data = rgb.astype(np.uint16) * 40 + 1000
         data[:, 100:110, 20:60] = 0
         kw["bands"] = "3,2,1"
     elif case == "resolution":  # resampled on the fly
         kw["resolution"] = 0.7
-    else:
+    elif case == "one band":
         data = rgb[:1]
     scene = write_tif(tmp_path / "s.tif", data, nodata=0 if case == "uint16" else None)
     one = tmp_path / "one"

@@ -234,38 +234,6 @@ def output_templates(output: Sequence[PathLike] | None, batch: BatchOptions) -> 
     return out
 
 
-@dataclass(frozen=True)
-class MosaicScene:
-    """Tiles made one scene for the one-scene paths (an AOI run): its VRT and the outputs."""
-
-    scene: Path
-    outputs: list[Path]
-    probabilities: Path | None
-    preview: Path | None
-
-
-def mosaic_scene(tiles: Sequence[PathLike], output: Sequence[PathLike] | None,
-                 batch: BatchOptions, *, probabilities: PathLike | None = None,
-                 preview: PathLike | None = None,
-                 inputs: Sequence[PathLike | None] = ()) -> MosaicScene:  # fmt: skip
-    """Write the mosaic VRT of ``tiles`` (and ``batch.input_list``) beside the first output, as
-    ``<stem>.vrt`` like a batch ``--mosaic`` run; ``-o``, ``--probabilities`` and ``--preview``
-    templates and folders name the mosaic as they would there. The VRT is rewritten when the
-    tiles change; it never replaces an input."""
-    from fiacli.app.vrt import mosaic_xml, write_vrt
-
-    names = expand_scenes(tiles, batch.input_list)
-    outputs = [render(t, MOSAIC_STEM) for t in output_templates(output, batch)]
-    extra = [None if p is None else render(p, MOSAIC_STEM) for p in (probabilities, preview)]
-    for p in [*outputs, *(e for e in extra if e is not None)]:
-        _mkdir(p.parent if str(p.parent) else Path("."))
-    vrt = outputs[0].with_name(f"{outputs[0].stem}.vrt")
-    refuse_overwriting_inputs([vrt], [*names, *inputs])
-    xml, _ = mosaic_xml(names)
-    write_vrt(vrt, xml)
-    return MosaicScene(vrt, outputs, *extra)
-
-
 @dataclass
 class SceneJob:
     """One scene of the run and where its results go."""
@@ -332,6 +300,32 @@ def plan_jobs(scenes: Sequence[str], output: Sequence[PathLike] | None, options:
         )
     _mkdir(run_manifest.parent if str(run_manifest.parent) else Path("."))
     return jobs
+
+
+def write_mosaic(job: SceneJob) -> bool:
+    """Write the VRT of a ``--mosaic`` job's tiles; False when it was there already, unchanged
+    (then a finished mosaic's manifest stays valid)."""
+    from fiacli.app.vrt import mosaic_xml, write_vrt
+
+    xml, _ = mosaic_xml(job.tiles or [])
+    path = Path(job.scene)
+    with contextlib.suppress(OSError):
+        if path.read_text(encoding="utf-8") == xml:
+            return False
+    write_vrt(path, xml)
+    return True
+
+
+def mosaic_scene(tiles: Sequence[PathLike], output: Sequence[PathLike] | None,
+                 options: SegmentOptions, batch: BatchOptions, *,
+                 inputs: Sequence[PathLike | None] = ()) -> SceneJob:  # fmt: skip
+    """``tiles`` (and ``batch.input_list``) as one scene for the one-scene paths (an AOI run):
+    the job a batch ``--mosaic`` run plans (its outputs, templates filled, checked), with its
+    VRT written."""
+    job = plan_jobs(expand_scenes(tiles, batch.input_list), output, options, batch,
+                    inputs=inputs)[0]  # fmt: skip
+    write_mosaic(job)
+    return job
 
 
 def run_manifest_path(jobs: Sequence[SceneJob], batch: BatchOptions) -> Path:
@@ -501,7 +495,7 @@ class _Run:
 
         out: dict[str, Any] = {"error": None, "done": None}
         try:
-            changed = job.tiles is not None and self._write_mosaic(job)
+            changed = job.tiles is not None and write_mosaic(job)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 sc = open_scene(job.scene, bands=job.options.bands,
@@ -523,18 +517,6 @@ class _Run:
         except Exception as exc:
             out["error"] = describe_error(exc)
         return out
-
-    def _write_mosaic(self, job: SceneJob) -> bool:
-        """Write the mosaic's VRT; False when it was there already, unchanged."""
-        from fiacli.app.vrt import mosaic_xml, write_vrt
-
-        xml, _ = mosaic_xml(job.tiles or [])
-        path = Path(job.scene)
-        with contextlib.suppress(OSError):
-            if path.read_text(encoding="utf-8") == xml:
-                return False  # unchanged: a finished mosaic's manifest stays valid
-        write_vrt(path, xml)
-        return True
 
     def _load(self) -> Any:
         seg = self.model() if callable(self.model) else self.model

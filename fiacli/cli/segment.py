@@ -349,18 +349,17 @@ def segment(
     repeated = not demo and bool(expressions or expressions_file)
     scenes = [s for s in ([scene, *(expression or [])] if repeated else [scene]) if s is not None]
     areas = AreaOptions.from_mapping(params)
+    given = _read_expressions(None if repeated else expression, expressions, expressions_file)
     if areas.active and batch.mosaic and not under_torchrun():  # AOIs over tiles: their mosaic
         from fiacli.app.batch import mosaic_scene
 
-        mosaic = mosaic_scene(scenes, output, batch, probabilities=probabilities,
-                              preview=preview, inputs=[model, expressions_file])  # fmt: skip
-        scene, output = str(mosaic.scene), mosaic.outputs
-        params.update(probabilities=mosaic.probabilities, preview=mosaic.preview)
+        job = mosaic_scene(scenes, output, SegmentOptions.from_mapping(params), batch,
+                           inputs=[model, expressions_file])  # fmt: skip
+        scene, output = job.scene, job.outputs
+        params.update(probabilities=job.options.probabilities, preview=job.options.preview)
     elif scene is None or wants_batch(scenes, output, SegmentOptions.from_mapping(params), batch):
-        texts = _read_expressions(None if repeated else expression, expressions, expressions_file)
-        _segment_batch(scenes, texts or _demo_expression(demo), params, batch)
+        _segment_batch(scenes, given or _demo_expression(demo), params, batch)
         return
-    given = _read_expressions(None if repeated else expression, expressions, expressions_file)
     if not given and not expression_field:  # the AOIs may bring the expressions
         given = _demo_expression(demo)
     options = SegmentOptions.from_mapping(params)

@@ -3,8 +3,9 @@
 A crash, Ctrl-C, SIGTERM or full disk never leaves a half-written file under the name the user
 asked for, nor a temporary file beside it; an output never replaces one of the command's inputs,
 not even with -f (:func:`refuse_overwriting_inputs`). SIGKILL (the OOM killer, a scheduler's
-hard limit) leaves no time to clean up: temporary names carry the host and PID that wrote them
-(:func:`owner_tag`), and the next run writing beside them removes those of dead processes.
+hard limit) leaves no time to clean up: temporary names carry the machine, PID and start time
+of the process that wrote them (:func:`owner_tag`), and the next run writing in that folder
+removes those of processes of this machine that no longer run (:func:`sweep_stale`).
 """
 
 from __future__ import annotations

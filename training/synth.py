@@ -36,7 +36,7 @@ from PIL import Image, ImageDraw
 
 from fiacli.core.datasets import SYNTH
 from fiacli.core.errors import FiacliError
-from fiacli.core.io import owner_tag, sweep_stale
+from fiacli.core.io import sweep_stale, temporary_name
 from fiacli.training.datasets import (
     RRSISD_IMAGES,
     RRSISD_INSTANCES,
@@ -583,7 +583,7 @@ def atomic_directory(path: str | os.PathLike[str], *, overwrite: bool = False) -
         if not is_synth_dataset(final):
             raise FiacliError(f"refusing to replace {final}: it is not a fiacli synthetic dataset")
     sweep_stale(parent)
-    tmp = parent / f".{final.name}.tmp-{owner_tag()}"
+    tmp = temporary_name(final)
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         tmp.mkdir()

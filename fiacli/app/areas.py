@@ -233,8 +233,8 @@ def preflight_areas(
     texts = clean_expressions(given) if given or not area_options.expression_field else []
     aoi_file = area_options.aoi if isinstance(area_options.aoi, (str, os.PathLike)) else None
     # an output that is an input is refused before one that exists: -f would not help it
-    outputs = plan_outputs(output, replace(options, overwrite=True),
-                           inputs=[scene, aoi_file, *inputs])  # fmt: skip
+    outputs = plan_outputs(output, replace(options, overwrite=True))
+    refuse_overwriting_inputs(outputs.every(), [scene, aoi_file, *inputs])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         probe = open_scene(scene, bands=options.bands, resolution=options.resolution,

@@ -180,10 +180,9 @@ class Outputs:
         }
 
 
-def plan_outputs(output: PathLike | Sequence[PathLike], options: SegmentOptions, *,
-                 inputs: Sequence[PathLike | None] = ()) -> Outputs:  # fmt: skip
-    """Sort outputs by extension and refuse, before any work, what cannot be written: first an
-    output that is one of ``inputs`` (a usage error, -f or not), then one that exists."""
+def plan_outputs(output: PathLike | Sequence[PathLike], options: SegmentOptions) -> Outputs:
+    """Sort outputs by extension and refuse, before any work, what cannot be written (with
+    ``overwrite``: what exists is checked later, after the inputs, by :func:`check_existing`)."""
     from fiacli.geo.preview import check_preview_path
 
     paths = [Path(output)] if isinstance(output, (str, os.PathLike)) else [Path(p) for p in output]
@@ -214,10 +213,9 @@ def plan_outputs(output: PathLike | Sequence[PathLike], options: SegmentOptions,
     resolved = [p.resolve() for p in every]
     if len(set(resolved)) != len(resolved):
         raise UsageError("the same output path is given twice")
-    refuse_overwriting_inputs(every, inputs)
-    for p in every:
-        check_output_path(p, overwrite=options.overwrite)
-    return Outputs(mask, vectors, prob, man, look)
+    outputs = Outputs(mask, vectors, prob, man, look)
+    check_existing(outputs, overwrite=options.overwrite)
+    return outputs
 
 
 def clean_expressions(expressions: str | Sequence[str]) -> list[str]:
@@ -260,7 +258,8 @@ def preflight(
     options.check()
     texts = clean_expressions(expressions)
     # an output that is an input is refused before one that exists: -f would not help it
-    outputs = plan_outputs(output, replace(options, overwrite=True), inputs=[scene, *inputs])
+    outputs = plan_outputs(output, replace(options, overwrite=True))
+    refuse_overwriting_inputs(outputs.every(), [scene, *inputs])
     with warnings.catch_warnings():  # the run itself shows the scene's warnings once
         warnings.simplefilter("ignore")
         probe = open_scene(
@@ -276,7 +275,8 @@ def preflight(
 
 
 def check_existing(outputs: Outputs, *, overwrite: bool) -> None:
-    """Refuse an output that exists, unless ``overwrite`` (after the inputs were checked)."""
+    """Refuse an output that exists, unless ``overwrite``; its folder must exist and be
+    writable either way."""
     for p in outputs.every():
         check_output_path(p, overwrite=overwrite)
 

@@ -10,6 +10,7 @@ import errno
 import gc
 import json
 import tracemalloc
+from pathlib import Path
 
 import geopandas as gpd
 import numpy as np
@@ -330,20 +331,28 @@ def test_disk_full_is_one_clear_error_and_leaves_nothing(tmp_path, monkeypatch, 
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s.tif"]
 
 
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full (Linux)")
 def test_disk_full_in_the_polygon_spool_is_one_clear_error(tmp_path, monkeypatch):
-    """SQLite says 'database or disk is full' when the GeoPackage spool cannot grow."""
-    import pyogrio
+    """The spool's writes go to /dev/full, so pyarrow fails as on a full disk (ENOSPC)."""
+    import pyarrow as pa
 
     from fiacli.geo import vectorize
 
-    def full(*args, **kwargs):
-        raise pyogrio.errors.DataSourceError("sqlite3_step() failed: database or disk is full")
+    real, spooled = pa.OSFile, []
+
+    def full(path, mode="r"):
+        if mode == "wb" and ".fiacli-polygons-" in str(path):
+            spooled.append(path)
+            return real("/dev/full", mode)
+        return real(path, mode)
 
     monkeypatch.setattr(vectorize, "SPOOL_VERTICES", 1)  # spool from the first polygon on
-    monkeypatch.setattr(pyogrio, "write_dataframe", full)
-    scene = write_tif(tmp_path / "s.tif", random_rgb(100, 100))
+    monkeypatch.setattr(pa, "OSFile", full)
+    # tall enough for a window of 2,279 rows (1 Mpx) to be vectorised before the end
+    scene = write_tif(tmp_path / "s.tif", random_rgb(2400, 460), tiled=True)
     with pytest.raises(FiacliError, match="disk full"):
         run(tmp_path, scene, outputs=("m.tif", "v.gpkg"), chip=32, overlap=8)
+    assert spooled  # the failure came from the spool
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s.tif"]
 
 

@@ -209,7 +209,8 @@ class RowBlender:
     the chips covering it, row-major), but a pixel only one chip covers is a copy, a chip with
     zero weight somewhere (``crop``) adds nothing there, and the weight products are computed
     once per kind of chip. Validity travels beside the values (a pixel is valid in every chip
-    that covers it or in none), not as NaN, so no NaN is ever converted back.
+    that covers it or in none), not as NaN, so no NaN is ever converted back; its rows are
+    only allocated once a chip has an invalid pixel (most scenes have none).
     """
 
     def __init__(self, grid: ChipGrid, bands: int, blend: Blend = "cosine") -> None:
@@ -222,7 +223,8 @@ class RowBlender:
         self._wkey_x = self._classes(self.wx)
         self._w2d: dict[tuple[int, int], np.ndarray] = {}
         self.acc = np.zeros((bands, grid.chip_h, grid.width), np.float32)
-        self.valid = np.ones((grid.chip_h, grid.width), bool)
+        self.valid: np.ndarray | None = None  # None: every pixel so far is valid
+        self._all_valid = np.broadcast_to(np.True_, (grid.chip_h, grid.width))  # no memory
         self.rows_valid = np.ones(grid.chip_h, bool)  # False: the row holds an invalid pixel
         self._scratch = np.empty(grid.chip_h * grid.chip_w, np.float32)
         self.top = 0
@@ -252,9 +254,11 @@ class RowBlender:
         for a in range(0, keep, n):  # non-overlapping runs: no temporary
             b = min(a + n, keep)
             self.acc[:, a:b] = self.acc[:, a + n : b + n]
-            self.valid[a:b] = self.valid[a + n : b + n]
+            if self.valid is not None:
+                self.valid[a:b] = self.valid[a + n : b + n]
         self.acc[:, keep:] = 0
-        self.valid[keep:] = True
+        if self.valid is not None:
+            self.valid[keep:] = True
         self.rows_valid[:keep] = self.rows_valid[n:]
         self.rows_valid[keep:] = True
         self.top += self._shift
@@ -282,12 +286,11 @@ class RowBlender:
             self._drop_handed_out()
         y = chip.y - self.top
         ys, xs = slice(y, y + chip.height), slice(chip.x, chip.x + chip.width)
-        if probs is None:
-            self.valid[ys, xs] = False
-            self.rows_valid[ys] = False
-        elif not all_valid:
-            self.valid[ys, xs] = valid
-            self.rows_valid[ys] &= valid.all(axis=1)
+        if probs is None or not all_valid:
+            if self.valid is None:
+                self.valid = np.ones((self.grid.chip_h, self.grid.width), bool)
+            self.valid[ys, xs] = False if probs is None else valid
+            self.rows_valid[ys] &= False if probs is None else valid.all(axis=1)
         if probs is not None:
             w2d = None
             for band, p in enumerate(probs):
@@ -312,7 +315,8 @@ class RowBlender:
             return None
         self._shift = self.grid.row_end(chip.row) - self.top
         n = self._shift
-        return self.top, self.acc[:, :n], self.valid[:n], bool(self.rows_valid[:n].all())
+        valid = self._all_valid if self.valid is None else self.valid
+        return self.top, self.acc[:, :n], valid[:n], bool(self.rows_valid[:n].all())
 
 
 class ChipReadError(FiacliError, OSError):

@@ -406,7 +406,7 @@ def area_m2(geoms: np.ndarray, crs: Any) -> np.ndarray:
     return planar / scale
 
 
-def regions_to_frame(
+def _columns(
     regions: Regions,
     *,
     expression: str,
@@ -414,10 +414,8 @@ def regions_to_frame(
     crs: Any,
     min_area: float = 0.0,
     simplify: float = 0.0,
-) -> Any:
-    """A GeoDataFrame with ``expression``, ``area_m2``, ``pixels``, ``mean_prob`` per polygon."""
-    import geopandas as gpd
-
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """Map-coordinate polygons and their attributes, ``min_area`` and ``simplify`` applied."""
     geoms = to_crs_coordinates(regions.geometries, transform)
     areas = area_m2(geoms, crs)
     pixels = np.asarray(regions.pixels, dtype=np.int64)
@@ -431,15 +429,43 @@ def regions_to_frame(
         geoms = shapely.simplify(shapely.normalize(geoms), simplify, preserve_topology=True)
         # normalize made exteriors clockwise: back to GDAL's rings (clockwise in pixel space)
         geoms = shapely.orient_polygons(geoms, exterior_cw=transform.determinant > 0)
+    columns = {
+        "expression": [expression] * int(keep.sum()),
+        "area_m2": areas[keep],
+        "pixels": pixels[keep],
+        "mean_prob": mean[keep].round(4),
+    }
+    return geoms, columns
+
+
+def regions_to_frame(regions: Regions, *, crs: Any, **options: Any) -> Any:
+    """A GeoDataFrame with ``expression``, ``area_m2``, ``pixels``, ``mean_prob`` per polygon
+    (``options``: those of :func:`_columns`)."""
+    import geopandas as gpd
+
+    geoms, columns = _columns(regions, crs=crs, **options)
     return gpd.GeoDataFrame(
-        {
-            "expression": [expression] * int(keep.sum()),
-            "area_m2": areas[keep],
-            "pixels": pixels[keep],
-            "mean_prob": mean[keep].round(4),
-        },
-        geometry=gpd.GeoSeries(geoms, crs=None if crs is None else crs.to_wkt()),
+        columns, geometry=gpd.GeoSeries(geoms, crs=None if crs is None else crs.to_wkt())
     )
+
+
+def _spool_schema() -> Any:
+    import pyarrow as pa
+
+    return pa.schema([("expression", pa.string()), ("area_m2", pa.float64()),
+                      ("pixels", pa.int64()), ("mean_prob", pa.float64()),
+                      ("geometry", pa.binary())])  # fmt: skip
+
+
+def regions_to_batch(regions: Regions, *, crs: Any, **options: Any) -> Any:
+    """:func:`regions_to_frame`'s table as an Arrow record batch, the geometry as WKB: what
+    the spool holds, built without pandas or geopandas (whose ~70 MB then stay out of a run
+    until it writes its outputs)."""
+    import pyarrow as pa
+
+    geoms, columns = _columns(regions, crs=crs, **options)
+    columns["geometry"] = shapely.to_wkb(geoms)
+    return pa.RecordBatch.from_pydict(columns, schema=_spool_schema())
 
 
 def write_vectors(frame: Any, path: str | os.PathLike[str], *, dst_crs: Any = None) -> None:
@@ -464,28 +490,16 @@ def write_vectors(frame: Any, path: str | os.PathLike[str], *, dst_crs: Any = No
         )
 
 
-_PYOGRIO_QUIET = False
-
-
-def _quiet_pyogrio_crs() -> None:
-    """Pixel-coordinate polygons (--allow-ungeoreferenced) have no CRS on purpose: silence
-    pyogrio's warning once for the process (``catch_warnings`` is not thread-safe)."""
-    global _PYOGRIO_QUIET
-    if not _PYOGRIO_QUIET:
-        warnings.filterwarnings("ignore", message=".*crs.* not provided", category=UserWarning)
-        _PYOGRIO_QUIET = True
-
-
 class PolygonWriter:
     """Polygons of several expressions, from mask rows streamed top to bottom, to any number of
     vector outputs, with memory for one batch of polygons whatever the scene holds.
 
     Closed polygons stay in memory while they total fewer than :data:`SPOOL_VERTICES` vertices
     (most scenes: written directly at the end, no extra file). Past that they go, a batch at a
-    time, to a hidden GeoPackage in ``folder`` (the outputs' folder, so a full disk shows there),
-    and :meth:`write` streams that spool into each requested format, :data:`COPY_FEATURES` at a
-    time with Arrow (reprojected on the way for ``dst_crs``). Use as a context manager: the
-    spool is removed on exit, whatever happened.
+    time, to a hidden Arrow stream in ``folder`` (the outputs' folder, so a full disk shows
+    there), and :meth:`write` streams that spool into each requested format,
+    :data:`COPY_FEATURES` at a time (reprojected on the way for ``dst_crs``). Use as a context
+    manager: the spool is removed on exit, whatever happened.
     """
 
     def __init__(
@@ -536,11 +550,11 @@ class PolygonWriter:
         self.in_memory: list[Any] | None = None  # the frames, when nothing had to be spooled
         self.in_memory_all: Any = None  # and all of them in one frame, written to every output
         sweep_stale(folder)  # spools of killed runs
-        fd, name = tempfile.mkstemp(prefix=f".fiacli-polygons-{owner_tag()}-", suffix=".gpkg",
-                                    dir=folder)  # fmt: skip
+        fd, name = tempfile.mkstemp(prefix=f".fiacli-polygons-{owner_tag()}-",
+                                    suffix=".arrows", dir=folder)  # fmt: skip
         os.close(fd)
-        os.unlink(name)  # GDAL creates it on the first write
         self.spool = name
+        self._spool_writer: Any = None  # an Arrow stream writer, from the first batch on
         self.spooled = 0
 
     def __enter__(self) -> PolygonWriter:
@@ -554,9 +568,10 @@ class PolygonWriter:
                     thread.join(timeout=60)
         if self.pool is not None:
             self.pool.shutdown(wait=True, cancel_futures=True)
-        for suffix in ("", "-journal", "-wal", "-shm"):
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self.spool + suffix)
+        with contextlib.suppress(OSError):  # a full disk may fail the last write again
+            self._close_spool()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.spool)
 
     def add_rows(self, band: int, mask: np.ndarray, prob: np.ndarray | None = None) -> None:
         """Mask rows ``(h, width)`` of expression ``band`` (see StreamingVectorizer.add_rows).
@@ -655,24 +670,26 @@ class PolygonWriter:
             self.closed[band].extend(closed)
         if self.pending >= self.batch_vertices:
             for b in range(len(self.vectorizers)):
-                self._spool(b, self._frame(b, self.closed[b]))
+                self._spool(b, self._batch(b, self.closed[b]))
                 self.closed[b] = Regions()
             self.pending = 0
 
     def finish(self) -> list[int]:
         """Close every region; returns the number of polygons kept per expression."""
         self.drain()
-        frames = []
+        regions = []
         for b, v in enumerate(self.vectorizers):
             self.closed[b].extend(v.finish())
-            frames.append(self._frame(b, self.closed[b]))
+            regions.append(self.closed[b])
             self.closed[b] = Regions()
         if self.spooled:
-            for band, frame in enumerate(frames):
-                self._spool(band, frame)
+            for band, r in enumerate(regions):
+                self._spool(band, self._batch(band, r))
+            self._close_spool()
         else:
             import pandas as pd
 
+            frames = [self._frame(b, r) for b, r in enumerate(regions)]
             self.in_memory = frames
             self.in_memory_all = pd.concat(frames, ignore_index=True)
             self.counts = [len(f) for f in frames]
@@ -681,32 +698,49 @@ class PolygonWriter:
     def _frame(self, band: int, regions: Regions) -> Any:
         return regions_to_frame(regions, expression=self.expressions[band], **self.frame_options)
 
-    def _spool(self, band: int, frame: Any) -> None:
-        if len(frame) == 0:
-            return
-        import pyogrio
+    def _batch(self, band: int, regions: Regions) -> Any:
+        return regions_to_batch(regions, expression=self.expressions[band], **self.frame_options)
 
-        _quiet_pyogrio_crs()
-        pyogrio.write_dataframe(
-            frame,
-            self.spool,
-            layer="polygons",
-            driver="GPKG",
-            append=self.spooled > 0,
-            geometry_type="Polygon",
-            SPATIAL_INDEX="NO",
-        )  # the spool is read in order: no index
-        self.counts[band] += len(frame)
-        self.spooled += len(frame)
+    def _spool(self, band: int, batch: Any) -> None:
+        if batch.num_rows == 0:
+            return
+        if self._spool_writer is None:
+            import pyarrow as pa
+
+            self._spool_writer = pa.ipc.new_stream(pa.OSFile(self.spool, "wb"), batch.schema)
+        self._spool_writer.write_batch(batch)
+        self.counts[band] += batch.num_rows
+        self.spooled += batch.num_rows
+
+    def _close_spool(self) -> None:
+        writer, self._spool_writer = self._spool_writer, None
+        if writer is not None:
+            writer.close()
+
+    def _spool_batches(self) -> Iterator[Any]:
+        """The spooled polygons in order, :data:`COPY_FEATURES` at a time."""
+        import pyarrow as pa
+
+        with pa.OSFile(self.spool, "rb") as source:
+            for batch in pa.ipc.open_stream(source):
+                for start in range(0, batch.num_rows, COPY_FEATURES):
+                    yield batch.slice(start, COPY_FEATURES)
 
     def frames(self) -> list[Any]:
         """All polygons, one GeoDataFrame per expression (for the preview; read back from the
         spool when there is one)."""
         if self.in_memory is not None:
             return self.in_memory
-        import pyogrio
+        import geopandas as gpd
+        import pyarrow as pa
 
-        frame = pyogrio.read_dataframe(self.spool, layer="polygons")
+        table = pa.Table.from_batches(list(self._spool_batches()), _spool_schema())
+        crs = self.frame_options["crs"]
+        frame = gpd.GeoDataFrame(
+            table.drop_columns(["geometry"]).to_pandas(),
+            geometry=gpd.GeoSeries.from_wkb(table["geometry"].to_numpy(zero_copy_only=False),
+                                            crs=None if crs is None else crs.to_wkt()),
+        )  # fmt: skip
         return [frame[frame["expression"] == e].reset_index(drop=True) for e in self.expressions]
 
     def write(self, path: str | os.PathLike[str], *, dst_crs: Any = None) -> None:
@@ -717,50 +751,48 @@ class PolygonWriter:
         suffix = os.path.splitext(str(path))[1].lower()
         if suffix not in VECTOR_DRIVERS:
             raise FiacliError(f"unknown vector format {suffix!r}")
-        from pyogrio.raw import open_arrow
+        schema = _spool_schema()
+        src_crs = self.frame_options["crs"]
+        batches, crs = _reprojected(self._spool_batches(), schema, src_crs, dst_crs)
+        if suffix == ".parquet":
+            _write_geoparquet(batches, schema, path, crs)
+            return
+        import pyarrow as pa
+        from pyogrio import write_arrow
 
-        with open_arrow(self.spool, layer="polygons", use_pyarrow=True,
-                        batch_size=COPY_FEATURES) as (meta, reader):  # fmt: skip
-            src_crs = self.frame_options["crs"]
-            batches, schema, crs = _reprojected(reader, meta["geometry_name"], src_crs, dst_crs)
-            if suffix == ".parquet":
-                _write_geoparquet(batches, schema, path, crs)
-                return
-            import pyarrow as pa
-            from pyogrio import write_arrow
-
-            with warnings.catch_warnings():
-                warnings.filterwarnings("ignore", message=".*crs.* not provided")
-                write_arrow(
-                    pa.RecordBatchReader.from_batches(schema, batches), path,
-                    driver=VECTOR_DRIVERS[suffix], geometry_name="geometry",
-                    geometry_type="Polygon", crs=None if crs is None else crs.to_wkt(),
-                    layer="polygons" if suffix == ".gpkg" else None,
-                )  # fmt: skip
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*crs.* not provided")
+            write_arrow(
+                pa.RecordBatchReader.from_batches(schema, batches), path,
+                driver=VECTOR_DRIVERS[suffix], geometry_name="geometry",
+                geometry_type="Polygon", crs=None if crs is None else crs.to_wkt(),
+                layer="polygons" if suffix == ".gpkg" else None,
+            )  # fmt: skip
 
 
-def _reprojected(reader: Any, geometry_name: str, crs: Any, dst_crs: Any) -> tuple:
-    """Spool batches with the geometry column named ``geometry`` as plain WKB, reprojected to
-    ``dst_crs`` when given; returns (batch iterator, schema, output pyproj CRS or None)."""
-    import pyarrow as pa
+def _reprojected(batches: Iterator[Any], schema: Any, crs: Any, dst_crs: Any) -> tuple:
+    """Spool batches (``schema``, WKB ``geometry``), reprojected to ``dst_crs`` when given;
+    returns (batch iterator, output pyproj CRS or None)."""
     from pyproj import CRS
 
     src = None if crs is None else CRS.from_user_input(crs.to_wkt())
     dst = CRS.from_user_input(dst_crs) if dst_crs is not None and src is not None else src
-    fields = [f for f in reader.schema if f.name != geometry_name]
-    schema = pa.schema([*fields, pa.field("geometry", pa.binary())])
+    if dst is None or dst == src:
+        return batches, dst
 
-    def batches() -> Iterator[Any]:
+    def reprojected() -> Iterator[Any]:
         import geopandas as gpd
+        import pyarrow as pa
 
-        for batch in reader:
-            wkb = batch.column(geometry_name).to_numpy(zero_copy_only=False)
-            if dst is not None and dst != src:
-                wkb = gpd.GeoSeries.from_wkb(wkb, crs=src).to_crs(dst).to_wkb().to_numpy()
-            columns = [batch.column(f.name) for f in fields]
-            yield pa.RecordBatch.from_arrays([*columns, pa.array(wkb, pa.binary())], schema=schema)
+        where = schema.get_field_index("geometry")
+        for batch in batches:
+            wkb = batch.column(where).to_numpy(zero_copy_only=False)
+            wkb = gpd.GeoSeries.from_wkb(wkb, crs=src).to_crs(dst).to_wkb().to_numpy()
+            columns = batch.columns
+            columns[where] = pa.array(wkb, pa.binary())
+            yield pa.RecordBatch.from_arrays(columns, schema=schema)
 
-    return batches(), schema, dst
+    return reprojected(), dst
 
 
 def _write_geoparquet(batches: Iterator[Any], schema: Any, path: Any, crs: Any) -> None:

@@ -91,6 +91,11 @@ def test_without_o_each_scene_gets_its_stem_and_a_list_needs_no_positional_scene
     r = run_cli("segment", "--input-list", "list.txt", "-e", "red", *small, "-o", "out/")
     assert r.exit_code == 0, r.stderr
     assert [p.name for p in (folder / "out").glob("*.gpkg")] == ["t2.gpkg"]
+    # without -e the positional word is a scene: say so, rather than only "no expression"
+    r = run_cli("segment", "--input-list", "list.txt", "red", *small, "-o", "out2/")
+    assert r.exit_code == 2
+    assert "'red' is read as a scene" in r.stderr and "-e" in r.stderr
+    assert not (folder / "out2").exists()
 
 
 def test_folder_output_with_formats_and_json(run_cli, oracle, folder):

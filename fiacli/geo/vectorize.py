@@ -554,7 +554,8 @@ class PolygonWriter:
                                     suffix=".arrows", dir=folder)  # fmt: skip
         os.close(fd)
         self.spool = name
-        self._spool_writer: Any = None  # an Arrow stream writer, from the first batch on
+        self._spool_file: Any = None  # the spool, open for writing from the first batch on
+        self._spool_writer: Any = None  # and its Arrow stream writer
         self.spooled = 0
 
     def __enter__(self) -> PolygonWriter:
@@ -707,15 +708,21 @@ class PolygonWriter:
         if self._spool_writer is None:
             import pyarrow as pa
 
-            self._spool_writer = pa.ipc.new_stream(pa.OSFile(self.spool, "wb"), batch.schema)
+            self._spool_file = pa.OSFile(self.spool, "wb")
+            self._spool_writer = pa.ipc.new_stream(self._spool_file, batch.schema)
         self._spool_writer.write_batch(batch)
         self.counts[band] += batch.num_rows
         self.spooled += batch.num_rows
 
     def _close_spool(self) -> None:
         writer, self._spool_writer = self._spool_writer, None
-        if writer is not None:
-            writer.close()
+        sink, self._spool_file = self._spool_file, None
+        try:
+            if writer is not None:
+                writer.close()  # the end-of-stream marker
+        finally:
+            if sink is not None:
+                sink.close()
 
     def _spool_batches(self) -> Iterator[Any]:
         """The spooled polygons in order, :data:`COPY_FEATURES` at a time."""

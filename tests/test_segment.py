@@ -440,9 +440,9 @@ def test_input_tiles_are_cached_between_chip_reads(tmp_path, monkeypatch):
     seen = []
     read = Scene.read
 
-    def spy(self, window):
+    def spy(self, window, out=None):
         seen.append(rasterio.env.get_gdal_config("GDAL_CACHEMAX"))
-        return read(self, window)
+        return read(self, window, out)
 
     monkeypatch.setattr(Scene, "read", spy)
     run(tmp_path, write_tif(tmp_path / "s.tif", random_rgb(100, 100)), chip=64, overlap=16)

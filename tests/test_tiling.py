@@ -213,3 +213,41 @@ def test_reader_error_reaches_the_consumer_and_stop_does_not_hang():
         next(iter(reader))
     assert not reader.thread.is_alive()  # stopped early, thread joined
     assert len(scene.reads) < len(grid)
+
+
+@pytest.mark.parametrize("threads", [0, 2])
+def test_reader_decodes_into_the_windows_it_gave_back(tmp_path, monkeypatch, threads):
+    """Decoded windows are reused for later reads (fresh memory costs a page fault per 4 KiB),
+    so few arrays serve many windows, and every chip still holds exactly the scene's pixels."""
+    from _oracle import random_rgb, write_tif
+
+    from fiacli.geo import tiling
+    from fiacli.geo.raster import Scene, open_scene
+
+    image = random_rgb(3000, 1100)
+    outs: list[np.ndarray | None] = []  # held, so no two arrays can share an id
+    real = Scene.read
+
+    def spy(self, window, out=None):
+        outs.append(out)
+        return real(self, window, out)
+
+    monkeypatch.setattr(tiling, "UNIT_COLUMNS", 512)  # windows of 2 x 1 tiles of 256 px
+    path = write_tif(tmp_path / "s.tif", image, tiled=True)
+    grid = ChipGrid(3000, 1100, 96, 16)
+    with open_scene(path) as scene:
+        assert scene.reads_into
+        monkeypatch.setattr(Scene, "read", spy)
+        with ChipReader(scene, grid, batch_size=4, threads=threads) as reader:
+            for batch in reader:
+                for chip, slot in zip(batch.chips, batch.slot, strict=True):
+                    y, x = chip.y, chip.x
+                    expect = image[:, y : y + chip.height, x : x + chip.width]
+                    assert np.array_equal(batch.pixels[slot], expect)
+                reader.recycle(batch)
+            live = reader.plan.live
+    assert all(out is not None for out in outs)  # every read had an array to decode into
+    assert len(outs) == len(reader.plan.units) > 3 * (live + 6)
+    shapes = {out.shape for out in outs}
+    # those in memory at once, and up to two spares of each shape
+    assert len({id(out) for out in outs}) <= live + 2 * len(shapes)

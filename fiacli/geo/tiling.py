@@ -700,3 +700,6 @@ class ChipReader:
                 t.join(timeout=60)
         self._close_clones()
         self._done.clear()
+        self._spare.clear()  # the buffers kept for reuse: not needed past the last chip
+        while not self._free.empty():
+            self._free.get_nowait()

@@ -165,13 +165,14 @@ def test_every_vector_format_round_trips_even_when_empty(tmp_path, suffix):
             assert back.iloc[0]["pixels"] == 8
 
 
-def write_polygons(folder, masks, path, *, batch_vertices, dst_crs=None, rows=7, fail=False):
+def write_polygons(folder, masks, path, *, batch_vertices, dst_crs=None, rows=7, fail=False,
+                   crs=CRS.from_epsg(32633)):  # fmt: skip
     """Stream ``masks`` (one per expression) through a PolygonWriter into ``path``; returns the
     polygons per expression and how many spool writes happened while streaming."""
     t = Affine(0.5, 0, 500000, 0, -0.5, 4_000_000)
     names = [f"object {k}" for k in range(len(masks))]
     spool_writes = 0
-    with PolygonWriter(masks[0].shape[1], names, folder, transform=t, crs=CRS.from_epsg(32633),
+    with PolygonWriter(masks[0].shape[1], names, folder, transform=t, crs=crs,
                        batch_vertices=batch_vertices, window_pixels=1) as writer:  # fmt: skip
         for y in range(0, masks[0].shape[0], rows):
             for band, m in enumerate(masks):
@@ -209,6 +210,29 @@ def test_polygons_spooled_in_batches_equal_one_batch(tmp_path, suffix, dst_crs):
     assert crs.to_epsg() == (4326 if dst_crs else 32633)
     assert (crs, rows) == table(tmp_path / f"one{suffix}") and len(rows) == sum(one)
     assert not list(tmp_path.glob(".fiacli-polygons-*"))  # the spool is gone
+
+
+@pytest.mark.parametrize("suffix", [".gpkg", ".geojson", ".parquet", ".fgb"])
+def test_spooled_polygons_without_a_crs_have_null_areas_as_in_memory(tmp_path, suffix):
+    """No CRS (--allow-ungeoreferenced): area_m2 is unknown, a null in every format whether the
+    polygons were spooled or not (a NaN would drop the column from GeoJSON)."""
+    import geopandas as gpd
+
+    masks = [blobs(400, 70, 5)]
+    frames = []
+    for name, budget in (("small", 200), ("one", 10**9)):
+        path = tmp_path / f"{name}{suffix}"
+        write_polygons(tmp_path, masks, path, batch_vertices=budget, crs=None)
+        frames.append(gpd.read_parquet(path) if suffix == ".parquet" else gpd.read_file(path))
+    small, one = frames
+    assert list(small.columns) == list(one.columns) and "area_m2" in small.columns
+    assert small["area_m2"].isna().all() and one["area_m2"].isna().all()
+    assert sorted(small["pixels"]) == sorted(one["pixels"]) and len(small) > 30
+    if suffix == ".parquet":  # nulls, not NaN (pandas reads both as NaN)
+        import pyarrow.parquet as pq
+
+        column = pq.read_table(tmp_path / f"small{suffix}").column("area_m2")
+        assert column.null_count == len(column)
 
 
 def test_polygon_spool_is_removed_when_interrupted(tmp_path):

@@ -246,7 +246,7 @@ def _disk_error(exc: BaseException) -> bool:
     text = str(exc).lower()
     if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
         return True
-    return "no space left" in text or "disk is full" in text  # GDAL / SQLite (the spool)
+    return "no space left" in text or "disk is full" in text  # GDAL, SQLite (a GeoPackage)
 
 
 def segment_raster(

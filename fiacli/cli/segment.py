@@ -350,7 +350,8 @@ def segment(
     scenes = [s for s in ([scene, *(expression or [])] if repeated else [scene]) if s is not None]
     areas = AreaOptions.from_mapping(params)
     given = _read_expressions(None if repeated else expression, expressions, expressions_file)
-    if input_list is not None and scene is not None and not given and not expression_field:
+    if (input_list is not None and scene is not None and not demo and not given
+            and not expression_field):  # fmt: skip
         raise UsageError(f"no expression given: {scene!r} is read as a scene; with --input-list, "
                          "give the expression with -e")  # fmt: skip
     if areas.active and batch.mosaic and not under_torchrun():  # AOIs over tiles: their mosaic

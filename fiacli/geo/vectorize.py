@@ -464,6 +464,8 @@ def regions_to_batch(regions: Regions, *, crs: Any, **options: Any) -> Any:
     import pyarrow as pa
 
     geoms, columns = _columns(regions, crs=crs, **options)
+    # no CRS: the areas are NaN, written as nulls (as geopandas does; GeoJSON drops NaN)
+    columns["area_m2"] = pa.array(columns["area_m2"], pa.float64(), from_pandas=True)
     columns["geometry"] = shapely.to_wkb(geoms)
     return pa.RecordBatch.from_pydict(columns, schema=_spool_schema())
 
@@ -556,6 +558,7 @@ class PolygonWriter:
         self.spool = name
         self._spool_file: Any = None  # the spool, open for writing from the first batch on
         self._spool_writer: Any = None  # and its Arrow stream writer
+        self._exited = False  # past __exit__: the spool is gone and is not opened again
         self.spooled = 0
 
     def __enter__(self) -> PolygonWriter:
@@ -569,6 +572,7 @@ class PolygonWriter:
                     thread.join(timeout=60)
         if self.pool is not None:
             self.pool.shutdown(wait=True, cancel_futures=True)
+        self._exited = True
         with contextlib.suppress(OSError):  # a full disk may fail the last write again
             self._close_spool()
         with contextlib.suppress(FileNotFoundError):
@@ -706,6 +710,8 @@ class PolygonWriter:
         if batch.num_rows == 0:
             return
         if self._spool_writer is None:
+            if self._exited:  # a spooling thread that outlived __exit__'s join
+                raise FiacliError("the polygon spool was closed")
             import pyarrow as pa
 
             self._spool_file = pa.OSFile(self.spool, "wb")
@@ -760,21 +766,22 @@ class PolygonWriter:
             raise FiacliError(f"unknown vector format {suffix!r}")
         schema = _spool_schema()
         src_crs = self.frame_options["crs"]
-        batches, crs = _reprojected(self._spool_batches(), schema, src_crs, dst_crs)
-        if suffix == ".parquet":
-            _write_geoparquet(batches, schema, path, crs)
-            return
-        import pyarrow as pa
-        from pyogrio import write_arrow
+        with contextlib.closing(self._spool_batches()) as spooled:  # closes the file on error
+            batches, crs = _reprojected(spooled, schema, src_crs, dst_crs)
+            if suffix == ".parquet":
+                _write_geoparquet(batches, schema, path, crs)
+                return
+            import pyarrow as pa
+            from pyogrio import write_arrow
 
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*crs.* not provided")
-            write_arrow(
-                pa.RecordBatchReader.from_batches(schema, batches), path,
-                driver=VECTOR_DRIVERS[suffix], geometry_name="geometry",
-                geometry_type="Polygon", crs=None if crs is None else crs.to_wkt(),
-                layer="polygons" if suffix == ".gpkg" else None,
-            )  # fmt: skip
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=".*crs.* not provided")
+                write_arrow(
+                    pa.RecordBatchReader.from_batches(schema, batches), path,
+                    driver=VECTOR_DRIVERS[suffix], geometry_name="geometry",
+                    geometry_type="Polygon", crs=None if crs is None else crs.to_wkt(),
+                    layer="polygons" if suffix == ".gpkg" else None,
+                )  # fmt: skip
 
 
 def _reprojected(batches: Iterator[Any], schema: Any, crs: Any, dst_crs: Any) -> tuple:

@@ -221,8 +221,6 @@ class Scene:
         ``(3, h, w)`` uint8 array to decode into, where :attr:`reads_into` (a caller that reuses
         its buffers saves paging in fresh memory for every window: 0.8 page faults a pixel)."""
         assert self.read_guard is not None
-        if out is None:
-            return self.read_guard.read(self._read, window, fill=FILL_RGB)
         return self.read_guard.read(lambda w: self._read(w, out), window, fill=FILL_RGB)
 
     @property

@@ -323,6 +323,38 @@ class ChipReadError(FiacliError, OSError):
     """A window of the scene could not be read; the message names it and its chips."""
 
 
+class _Buffers:
+    """uint8 arrays given back for reuse, a few of each shape (thread-safe): fresh memory
+    costs a page fault per 4 KiB, a third of the near-free pipeline's CPU time, more than the
+    copy into a reused array."""
+
+    def __init__(self, per_shape: int = 2) -> None:
+        self.per_shape = per_shape
+        self._lock = threading.Lock()
+        self._kept: dict[tuple[int, ...], list[np.ndarray]] = {}
+
+    def take(self, shape: tuple[int, ...]) -> np.ndarray:
+        """One given back with this shape, or a new (uninitialised) array."""
+        with self._lock:
+            kept = self._kept.get(shape)
+            if kept:
+                return kept.pop()
+        return np.empty(shape, np.uint8)
+
+    def give(self, array: np.ndarray) -> None:
+        """``array`` is no longer used: keep it for a later :meth:`take` (views never are)."""
+        if array.base is not None or array.dtype != np.uint8:
+            return
+        with self._lock:
+            kept = self._kept.setdefault(array.shape, [])
+            if len(kept) < self.per_shape:
+                kept.append(array)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._kept.clear()
+
+
 @dataclass
 class _Batch:
     chips: list[ChipWindow]
@@ -475,9 +507,8 @@ class ChipReader:
         self.batch_clock = self.flow.clock("batch")
         self.wait_seconds = 0.0
         self.queue: queue.Queue[Any] = queue.Queue(maxsize=depth)
-        self._free: queue.SimpleQueue[np.ndarray] = queue.SimpleQueue()
-        # decoded windows given back after their last chip, by shape, for the next reads
-        self._spare: dict[tuple[int, ...], list[np.ndarray]] = {}
+        # batch buffers the consumer gave back, and decoded windows after their last chip
+        self._buffers = _Buffers()
         self._reads_into = bool(getattr(scene, "reads_into", False))
         self.stop = self.flow.stop
         self._scenes: list[Any] = []
@@ -503,7 +534,7 @@ class ChipReader:
     def _decode(self, scene: Any, index: int) -> tuple[np.ndarray, np.ndarray, bool]:
         unit = self.plan.units[index]
         t0 = time.perf_counter()
-        out = self._spare_buffer((3, unit.height, unit.width)) if self._reads_into else None
+        out = self._buffers.take((3, unit.height, unit.width)) if self._reads_into else None
         try:
             rgb, valid = scene.read(unit.window) if out is None else scene.read(unit.window, out)
         except Exception as exc:
@@ -512,15 +543,6 @@ class ChipReader:
         result = rgb, (None if all_valid else valid), all_valid  # all True: keep no copy
         self.read_clock.add(busy=time.perf_counter() - t0, items=1)
         return result
-
-    def _spare_buffer(self, shape: tuple[int, ...]) -> np.ndarray:
-        """A decoded window given back (:meth:`_drop`), or a new array: fresh memory costs a
-        page fault per 4 KiB, a third of the near-free pipeline's CPU time."""
-        with self._cond:
-            spare = self._spare.get(shape)
-            if spare:
-                return spare.pop()
-        return np.empty(shape, np.uint8)
 
     def _read_error(self, index: int, exc: BaseException) -> ChipReadError:
         unit = self.plan.units[index]
@@ -573,10 +595,8 @@ class ChipReader:
     def _drop(self, index: int) -> None:
         with self._cond:
             rgb = self._done.pop(index)[0]
-            if self._reads_into and rgb.base is None and rgb.dtype == np.uint8:
-                spare = self._spare.setdefault(rgb.shape, [])
-                if len(spare) < 2:  # a reader takes it at once: no more windows in memory
-                    spare.append(rgb)
+            if self._reads_into:  # a reader takes it at once: no more windows in memory
+                self._buffers.give(rgb)
             self._freed += 1
             self._cond.notify_all()
 
@@ -629,24 +649,15 @@ class ChipReader:
             self.batch_clock.add(busy=time.perf_counter() - t0)
             if n_valid >= self.batch_size:
                 yield _Batch(chips, valids, slots, pixels, flags)
-                pixels = self._buffer(pixels)
+                pixels = self._buffers.take(pixels.shape)
                 chips, valids, slots, flags, n_valid = [], [], [], [], 0
         if chips:
             yield _Batch(chips, valids, slots, pixels[:n_valid], flags)
 
-    def _buffer(self, like: np.ndarray) -> np.ndarray:
-        """A batch buffer: one the consumer gave back (:meth:`recycle`), or a new one."""
-        try:
-            return self._free.get_nowait()
-        except queue.Empty:
-            return np.empty_like(like)
-
     def recycle(self, batch: _Batch) -> None:
-        """The consumer is done with ``batch.pixels``: reuse the buffer for a later batch
-        (allocating and faulting in megabytes per batch costs more than the copy into it)."""
-        pixels = batch.pixels
-        if pixels.base is None and len(pixels) == self.batch_size and self._free.qsize() < 2:
-            self._free.put(pixels)
+        """The consumer is done with ``batch.pixels``: reuse the buffer for a later batch."""
+        if len(batch.pixels) == self.batch_size:
+            self._buffers.give(batch.pixels)
 
     def _batcher(self) -> None:
         for batch in self._batches():
@@ -700,6 +711,4 @@ class ChipReader:
                 t.join(timeout=60)
         self._close_clones()
         self._done.clear()
-        self._spare.clear()  # the buffers kept for reuse: not needed past the last chip
-        while not self._free.empty():
-            self._free.get_nowait()
+        self._buffers.clear()  # not needed past the last chip

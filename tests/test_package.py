@@ -43,6 +43,17 @@ def test_every_command_has_help(run_cli, command):
     assert "Usage:" in result.stdout
 
 
+@pytest.mark.parametrize("argv", [[], ["segment"], ["models"], ["data", "synth"]])
+def test_help_shows_no_value_for_flags(run_cli, argv):
+    """Typer labels each option with its type; flags take no value, so none is shown for them
+    (``--demo <bool>`` invited ``--demo true``), while options with values keep theirs."""
+    result = run_cli(*argv, "--help")
+    assert result.exit_code == 0
+    assert "<bool>" not in result.stdout
+    if argv == ["segment"]:
+        assert "<path>" in result.stdout  # --probabilities PATH still says what it takes
+
+
 def test_help_imports_no_heavy_library():
     """``fiacli --help`` and every command's ``--help`` print without loading rasterio, scipy,
     GEOS or torch: those load only when a command runs."""

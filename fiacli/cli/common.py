@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 
 import typer
 from rich.markup import escape
-from typer.core import TyperGroup
+from typer.core import TyperCommand, TyperGroup
 
 from fiacli.core.console import err_console
 from fiacli.core.errors import FiacliError
@@ -111,7 +111,23 @@ def describe_unexpected(exc: BaseException, command: str) -> tuple[str, int]:
     )
 
 
-class FiacliGroup(TyperGroup):
+class _UntypedFlags:
+    """Flags show no ``<bool>`` in ``--help``: Typer labels every option with its type, and a
+    flag takes no value (``--demo <bool>`` reads as if it did)."""
+
+    def get_params(self, ctx: Any) -> list[Any]:
+        params = super().get_params(ctx)  # type: ignore[misc]
+        for param in params:
+            if getattr(param, "is_flag", False) and param.metavar is None:
+                param.metavar = ""
+        return params
+
+
+class FiacliCommand(_UntypedFlags, TyperCommand):
+    """A fiacli command (see :class:`_UntypedFlags`)."""
+
+
+class FiacliGroup(_UntypedFlags, TyperGroup):
     """Turns every failure into one ``error:`` line and an exit code, for every subcommand."""
 
     def invoke(self, ctx: Any) -> Any:
@@ -201,9 +217,16 @@ def examples(*lines: str) -> str:
     return f"[bold]Examples[/bold]\n\n{body}"
 
 
+class _App(typer.Typer):
+    """A Typer app whose commands are :class:`FiacliCommand` unless told otherwise."""
+
+    def command(self, *args: Any, cls: Any = None, **kwargs: Any) -> Any:
+        return super().command(*args, cls=cls or FiacliCommand, **kwargs)
+
+
 def new_app(**kwargs: Any) -> typer.Typer:
     """A Typer app with fiacli's conventions (rich help, -h, no locals in tracebacks)."""
-    return typer.Typer(
+    return _App(
         cls=FiacliGroup,
         rich_markup_mode="rich",
         context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},

@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import geopandas as gpd
 import numpy as np
 import pytest
 import typer
@@ -134,10 +135,26 @@ def test_an_unwritable_output_folder_is_one_line_before_the_model_loads(run_cli,
     assert oracle.loaded == []
 
 
-def test_mixing_aoi_with_many_scenes_is_refused(run_cli, oracle, folder):
-    r = run_cli("segment", str(folder / "tiles" / "*.tif"), "-e", "red", "-m", "m",
-                "--bbox", "0,0,1,1")  # fmt: skip
-    assert r.exit_code in (1, 2) and "error:" in r.stderr and oracle.loaded == []
+def test_an_aoi_over_many_scenes_runs_in_each_one_it_overlaps(run_cli, oracle, folder):
+    tiles = str(folder / "tiles" / "*.tif")
+    out = folder / "out"
+    # the tiles share one UTM origin (500000, 4100000) and 0.5 m pixels: this box is in all
+    r = run_cli("segment", tiles, "-e", "red", "-m", "m", "--bbox",
+                "500005,4099975,500025,4099995", "-o", str(out / "{stem}.gpkg"))  # fmt: skip
+    assert r.exit_code == 0, r.stderr
+    for i in range(3):
+        found = gpd.read_file(out / f"t{i}.gpkg")
+        assert len(found) and set(found["aoi_id"]) == {"bbox"}
+        assert found.total_bounds[0] >= 500005 - 1e-6 and found.total_bounds[2] <= 500025 + 1e-6
+    # a box over none of them: every scene skipped, the model never loaded, exit 0
+    oracle.loaded.clear()
+    r = run_cli("segment", tiles, "-e", "red", "-m", "m", "--bbox", "0,0,10,10",
+                "-o", str(folder / "none" / "{stem}.gpkg"), "--json")  # fmt: skip
+    assert r.exit_code == 0 and oracle.loaded == []
+    rows = json.loads(r.stdout)["scenes"]
+    assert [(s["status"], s["note"]) for s in rows] == [
+        ("skipped", "no area of interest overlaps it")] * 3  # fmt: skip
+    assert not list((folder / "none").glob("t*"))
 
 
 # --------------------------------------------------------------------------------------------

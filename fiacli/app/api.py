@@ -116,8 +116,8 @@ class Segmenter:
         """Segment every scene (globs too) with this model: one output set and manifest each,
         ``output`` a template (``"out/{stem}.gpkg"``) or a folder; failed scenes are rows of
         the result, complete ones are skipped. See :func:`fiacli.app.batch.segment_many`
-        (``batch=BatchOptions(...)``, the segment options as keywords); under torchrun the
-        scenes are spread over the ranks."""
+        (``batch=BatchOptions(...)``, the segment and area options as keywords: ``aoi=`` runs
+        each scene's areas of interest); under torchrun the scenes are spread over the ranks."""
         from fiacli.app.batch import segment_many
 
         return segment_many(scenes, expressions, output, options, model=self, **kwargs)

@@ -65,6 +65,7 @@ from fiacli.core.errors import FiacliError, UsageError
 from fiacli.core.io import atomic_output, refuse_overwriting_inputs, scratch_folder
 from fiacli.geo.aoi import (
     Area,
+    AreaSet,
     CoarseMask,
     PixelWindow,
     Rect,
@@ -195,13 +196,57 @@ class AreaPlan:
     options: SegmentOptions
     area_options: AreaOptions
     source: str
+    grid: tuple[Affine, int, int] | None = None  # the scene's transform, width and height
 
     @property
     def slots(self) -> list[str]:
-        """Band names of the rasters (one per expression every feature answers)."""
-        field_name = self.area_options.expression_field
-        own = [f"expression from field {field_name!r}"] if field_name else []
-        return own + self.expressions
+        """Band names of the rasters (see :func:`area_slots`)."""
+        return area_slots(self.area_options, self.expressions)
+
+    def window_sizes(self) -> list[tuple[int, int]]:
+        """Each feature's window in the scene's grid, as (height, width)."""
+        assert self.grid is not None
+        wins = [pixel_window(a.geometry, *self.grid) for a in self.areas]
+        return [(w.height, w.width) for w in wins if w is not None]
+
+
+def area_slots(area_options: AreaOptions, expressions: Sequence[str]) -> list[str]:
+    """Band names of an AOI run's rasters, as its manifest lists them: one per expression every
+    feature answers, after the features' own (``expression_field``) when they bring one."""
+    field_name = area_options.expression_field
+    own = [f"expression from field {field_name!r}"] if field_name else []
+    return own + list(expressions)
+
+
+def estimated_chips(window_sizes: Sequence[tuple[int, int]], chip: int, overlap: int) -> int:
+    """About how many chips the features of these windows take, for progress: one for a
+    feature that fits the view, its window's chips for the others."""
+    from fiacli.geo.tiling import axis_offsets
+
+    total = 0
+    for h, w in window_sizes:
+        if max(h, w) <= FIT_FACTOR * chip:
+            total += 1
+        else:
+            total += len(axis_offsets(h, chip, overlap)) * len(axis_offsets(w, chip, overlap))
+    return total
+
+
+def check_area_source(area_options: AreaOptions) -> list[str]:
+    """Read an AOI file once, before a run over many scenes: what is wrong with it (it does not
+    open, has no CRS, ``--aoi-where`` selects nothing, an attribute is missing) fails the run
+    before any scene; returns its warnings (repaired geometries …), to show once."""
+    a = area_options
+    if not isinstance(a.aoi, (str, os.PathLike)):
+        return []  # --bbox, or geometries from Python: checked with each scene
+    found = load_areas(a.aoi, scene_crs=None, layer=a.aoi_layer, where=a.aoi_where,
+                       aoi_crs=a.aoi_crs, expression_field=a.expression_field,
+                       keep_fields=a.keep_fields)  # fmt: skip
+    return found.notes
+
+
+class NoAreaInScene(FiacliError):
+    """No area of interest overlaps the scene (over many scenes: that scene has no work)."""
 
 
 @dataclass
@@ -219,11 +264,14 @@ def preflight_areas(
     area_options: AreaOptions,
     *,
     inputs: Sequence[PathLike | None] = (),
+    loaded: dict[str, AreaSet] | None = None,
 ) -> AreaPlan:
     """Every check of an AOI run that needs no model: options, outputs, the scene, the AOIs.
 
     No output may be one of the inputs (the scene and GDAL's files of it, an AOI file and its
-    sidecars, ``inputs``: the model, an expressions file), -f or not."""
+    sidecars, ``inputs``: the model, an expressions file), -f or not. ``loaded``: the AOIs
+    already read, by the scene CRS they were reprojected to (a run over many scenes reads the
+    file once per CRS); :class:`NoAreaInScene` when none overlaps the scene."""
     options.check()
     area_options.check()
     if not area_options.active:
@@ -247,12 +295,16 @@ def preflight_areas(
         crs, transform, width, height = probe.crs, probe.transform, probe.width, probe.height
     check_existing(outputs, overwrite=options.overwrite)
     a = area_options
-    if a.bbox is not None:
+    key = crs.to_wkt()
+    found = None if loaded is None else loaded.get(key)
+    if found is None and a.bbox is not None:
         found = bbox_area(a.bbox, scene_crs=crs, bbox_crs=a.bbox_crs)
-    else:
+    elif found is None:
         found = load_areas(a.aoi, scene_crs=crs, layer=a.aoi_layer, where=a.aoi_where,
                            aoi_crs=a.aoi_crs, expression_field=a.expression_field,
                            keep_fields=a.keep_fields)  # fmt: skip
+    if loaded is not None:
+        loaded[key] = found
     kept, outside = clip_to_scene(found.areas, scene_footprint(transform, width, height))
     kept = [k for k in kept if pixel_window(k.geometry, transform, width, height) is not None]
     if not kept:
@@ -261,9 +313,9 @@ def preflight_areas(
         where = f"the scene covers {','.join(f'{v:.10g}' for v in foot)} in {crs.to_string()}"
         what = ("the --bbox" if a.bbox is not None
                 else f"{found.source} ({n} feature{'s' if n != 1 else ''})")  # fmt: skip
-        raise FiacliError(f"{what} does not overlap {scene}: {where}")
+        raise NoAreaInScene(f"{what} does not overlap {scene}: {where}")
     return AreaPlan(str(scene), texts, outputs, kept, found.notes + outside, options, a,
-                    found.source)  # fmt: skip
+                    found.source, (transform, width, height))  # fmt: skip
 
 
 def segment_areas(
@@ -793,6 +845,10 @@ __all__ = [
     "AreaOptions",
     "AreaPlan",
     "AreaResult",
+    "NoAreaInScene",
+    "area_slots",
+    "check_area_source",
+    "estimated_chips",
     "preflight_areas",
     "run_areas",
     "segment_areas",

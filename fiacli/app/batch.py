@@ -33,7 +33,7 @@ import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fiacli import __version__
 from fiacli.app.scaleout import (
@@ -53,6 +53,9 @@ from fiacli.app.segment_options import Outputs, SegmentOptions, clean_expression
 from fiacli.core.console import info, warn
 from fiacli.core.errors import FiacliError, UsageError
 from fiacli.core.io import atomic_output, refuse_overwriting_inputs
+
+if TYPE_CHECKING:
+    from fiacli.app.areas import AreaOptions, AreaPlan
 
 PathLike = str | os.PathLike[str]
 GLOB_CHARS = frozenset("*?[")
@@ -348,10 +351,14 @@ def model_key(model_info: Mapping[str, Any] | None) -> dict[str, Any]:
     return {k: v for k, v in (model_info or {}).items() if k != "device"}
 
 
-def _matching_manifest(job: SceneJob, texts: list[str],
-                       model_info: Mapping[str, Any] | None) -> dict | None:  # fmt: skip
+def _matching_manifest(job: SceneJob, texts: list[str], model_info: Mapping[str, Any] | None,
+                       areas: AreaOptions | None = None) -> dict | None:  # fmt: skip
     """The manifest of ``job`` when it was written for this scene, model, expressions, options
-    and outputs."""
+    (``areas``: and areas of interest) and outputs."""
+    if areas is not None:  # the bands, as the AOI run names them
+        from fiacli.app.areas import area_slots
+
+        texts = area_slots(areas, texts)
     man = job.plan.manifest
     if man is None or not man.is_file():
         return None
@@ -367,7 +374,8 @@ def _matching_manifest(job: SceneJob, texts: list[str],
         return None
     if data.get("outputs") != _json_roundtrip(job.plan.as_dict()):
         return None
-    expected = _json_roundtrip(job.options.record())
+    expected = _json_roundtrip({**job.options.record(),
+                                **(areas.record() if areas is not None else {})})  # fmt: skip
     recorded = data.get("options") or {}
     for k, v in expected.items():
         if k in ("chip", "overlap") and v is None:
@@ -377,19 +385,21 @@ def _matching_manifest(job: SceneJob, texts: list[str],
     return data
 
 
-def completed(job: SceneJob, texts: list[str], model_info: Mapping[str, Any] | None) -> dict | None:
+def completed(job: SceneJob, texts: list[str], model_info: Mapping[str, Any] | None,
+              areas: AreaOptions | None = None) -> dict | None:  # fmt: skip
     """The manifest of ``job`` when its outputs are complete for this model, these expressions
     and options; None when the scene must be (re)done."""
-    data = _matching_manifest(job, texts, model_info)
+    data = _matching_manifest(job, texts, model_info, areas)
     if data is None or not all(p.exists() for p in job.plan.finals()):
         return None
     return data
 
 
-def _partial(job: SceneJob, texts: list[str], model_info: Mapping[str, Any] | None) -> bool:
+def _partial(job: SceneJob, texts: list[str], model_info: Mapping[str, Any] | None,
+             areas: AreaOptions | None = None) -> bool:  # fmt: skip
     """Outputs left by an interrupted run of this very job (its manifest matches but a file is
     missing): they may be replaced without -f."""
-    return _matching_manifest(job, texts, model_info) is not None
+    return _matching_manifest(job, texts, model_info, areas) is not None
 
 
 # --------------------------------------------------------------------------------------------
@@ -437,9 +447,15 @@ def segment_many(
     cluster: Cluster | None = None,
     split_parts: int | None = None,
     inputs: Sequence[PathLike | None] = (),
+    areas: AreaOptions | None = None,
     **changes: Any,
 ) -> BatchResult:
     """Segment ``expressions`` in every scene; see the module docstring.
+
+    ``areas`` (an :class:`~fiacli.app.areas.AreaOptions`, or its fields as keywords: ``aoi=``,
+    ``bbox=`` …): segment only inside these areas of interest (:mod:`fiacli.app.areas`), in
+    every scene one overlaps; the others are skipped (row status ``skipped``, with a note). An
+    AOI file is read once per CRS of the scenes, and checked before anything runs.
 
     ``model``: a loaded model (an object with ``predictor`` and ``model_info``, such as a
     :class:`~fiacli.app.api.Segmenter`) or a function returning one, called only when some
@@ -448,13 +464,28 @@ def segment_many(
     split scene (default: one per rank). No output may replace a scene or one of ``inputs``
     (the model, an expressions file).
     """
+    from fiacli.app.areas import AREA_FIELD_NAMES, AreaOptions
+
+    area_changes = {k: changes.pop(k) for k in list(changes) if k in AREA_FIELD_NAMES}
+    if area_changes:
+        areas = AreaOptions.build(areas, **area_changes)
     opts = SegmentOptions.build(options, **changes)
     bopts = batch or BatchOptions()
     bopts.check()
-    texts = clean_expressions(expressions)
+    areas = areas if areas is not None and areas.active else None
+    notes: list[str] = []
+    if areas is not None:
+        from fiacli.app.areas import check_area_source
+
+        areas.check()
+        notes = check_area_source(areas)  # a bad AOI file fails here, on every rank alike
+    own_texts = areas is not None and areas.expression_field
+    given = [expressions] if isinstance(expressions, str) else list(expressions)
+    texts = clean_expressions(given) if given or not own_texts else []
     names = expand_scenes([os.fspath(s) for s in scenes], bopts.input_list)
     outs = [output] if isinstance(output, (str, os.PathLike)) else output
-    jobs = plan_jobs(names, outs, opts, bopts, inputs=[*inputs, bopts.input_list])
+    aoi_file = areas.aoi if areas is not None and isinstance(areas.aoi, (str, Path)) else None
+    jobs = plan_jobs(names, outs, opts, bopts, inputs=[*inputs, bopts.input_list, aoi_file])
     if model_info is None and not callable(model):
         model_info = getattr(model, "model_info", None)
     own_cluster = cluster is None
@@ -462,7 +493,11 @@ def segment_many(
     try:
         with sigterm_as_interrupt():
             run = _Run(jobs, names, texts, opts, bopts, model, model_info, cluster,
-                       show_progress=show_progress, split_parts=split_parts)  # fmt: skip
+                       show_progress=show_progress, split_parts=split_parts,
+                       areas=areas)  # fmt: skip
+            if cluster.is_main:
+                for note in notes:
+                    warn(note)
             return run.execute()
     finally:
         if own_cluster:
@@ -473,8 +508,11 @@ class _Run:
     def __init__(self, jobs: list[SceneJob], names: list[str], texts: list[str],
                  options: SegmentOptions, batch: BatchOptions, model: Any,
                  model_info: Mapping[str, Any] | None, cluster: Cluster, *,
-                 show_progress: bool, split_parts: int | None) -> None:  # fmt: skip
+                 show_progress: bool, split_parts: int | None,
+                 areas: AreaOptions | None = None) -> None:  # fmt: skip
         self.jobs, self.names, self.texts = jobs, names, texts
+        self.areas = areas
+        self._loaded: dict[str, Any] = {}  # the AOIs, read once per scene CRS
         self.options, self.batch, self.model = options, batch, model
         self.model_info = dict(model_info) if model_info is not None else None
         self.cluster, self.show = cluster, show_progress
@@ -487,7 +525,8 @@ class _Run:
     def _digest(self) -> str:
         payload = [self.names, [[str(p) for p in j.plan.finals()] for j in self.jobs],
                    self.texts, self.options.record(), model_key(self.model_info),
-                   asdict(self.batch), self.split_parts]  # fmt: skip
+                   asdict(self.batch), self.split_parts,
+                   None if self.areas is None else self.areas.record()]  # fmt: skip
         return hashlib.sha256(json.dumps(payload, default=str).encode()).hexdigest()
 
     def _probe(self, job: SceneJob) -> dict[str, Any]:
@@ -506,17 +545,36 @@ class _Run:
                 out.update(
                     height=sc.height, width=sc.width, dtype=str(sc.src.dtypes[sc.indexes[0] - 1])
                 )
+            if self.areas is not None:
+                from fiacli.app.areas import NoAreaInScene
+
+                try:  # existing outputs: checked below, as for whole scenes
+                    out["area_windows"] = self._area_plan(job, overwrite=True).window_sizes()
+                except NoAreaInScene:
+                    out["no_areas"] = True
+                    return out
             if not job.options.overwrite and not changed:
-                data = completed(job, self.texts, self.model_info)
+                data = completed(job, self.texts, self.model_info, self.areas)
                 if data is not None:
                     out["done"] = _row_from_manifest(data)
                 else:
-                    out["partial"] = _partial(job, self.texts, self.model_info)
+                    out["partial"] = _partial(job, self.texts, self.model_info, self.areas)
         except FiacliError as exc:
             out["error"] = str(exc)
         except Exception as exc:
             out["error"] = describe_error(exc)
         return out
+
+    def _area_plan(self, job: SceneJob, overwrite: bool | None = None) -> AreaPlan:
+        """``job``'s areas of interest (:func:`fiacli.app.areas.preflight_areas`), without
+        the warnings for the features outside the scene (over many scenes: most of them)."""
+        from fiacli.app.areas import preflight_areas
+
+        opts = job.options if overwrite is None else replace(job.options, overwrite=overwrite)
+        assert self.areas is not None
+        plan = preflight_areas(job.scene, self.texts, job.outputs, opts, self.areas,
+                               loaded=self._loaded)  # fmt: skip
+        return replace(plan, notes=[])
 
     def _load(self) -> Any:
         seg = self.model() if callable(self.model) else self.model
@@ -543,8 +601,9 @@ class _Run:
         if self.batch.mosaic and probes[0]["error"]:
             raise FiacliError(probes[0]["error"])
         todo = [
-            j for j, p in zip(self.jobs, probes, strict=True) if not p["error"] and not p["done"]
-        ]
+            j for j, p in zip(self.jobs, probes, strict=True)
+            if not p["error"] and not p["done"] and not p.get("no_areas")
+        ]  # fmt: skip
         for j, p in zip(self.jobs, probes, strict=True):
             if p.get("partial"):  # left by an interrupted run of the same job
                 j.options = replace(j.options, overwrite=True)
@@ -588,6 +647,8 @@ class _Run:
         threshold = self.batch.split_above * 1e6
 
         def split(job: int, height: int, width: int) -> bool:
+            if self.areas is not None:  # one rank runs a scene's areas (each one is small)
+                return False
             if not (self.batch.split_scene or height * width > threshold):
                 return False
             why = split_supported(self.jobs[job].options, probes[job]["dtype"])
@@ -601,6 +662,7 @@ class _Run:
 
     def _work(self, todo: list[SceneJob], probes: list[dict[str, Any]],
               seg: Any) -> tuple[list[dict[str, Any]], float, list[Any]]:  # fmt: skip
+        from fiacli.app.areas import estimated_chips, run_areas
         from fiacli.app.pipeline import OVERLAP_SHARE, segment_raster
 
         cl = self.cluster
@@ -610,12 +672,17 @@ class _Run:
         overlap = int(overlap if overlap is not None else round(chip * OVERLAP_SHARE))
         self.grid = (chip, overlap)
         sizes = [(j.index, probes[j.index]["height"], probes[j.index]["width"]) for j in todo]
+        if self.areas is not None:  # balanced by the pixels of the areas' windows
+            sizes = [(j, 1, max(1, sum(h * w for h, w in probes[j]["area_windows"])))
+                     for j, _, _ in sizes]  # fmt: skip
         units = plan_units(sizes, cl.world, chip, overlap,
                            split=self._split(probes, announce=cl.is_main),
                            context=2 * self.options.open_px, parts=self.split_parts)  # fmt: skip
         mine = [u for u in units if u.rank == cl.rank]
 
         def unit_chips(u: Any) -> int:
+            if self.areas is not None:
+                return estimated_chips(probes[u.job]["area_windows"], chip, overlap)
             h, w = probes[u.job]["height"], probes[u.job]["width"]
             if u.band is not None:
                 h = u.band.read[1] - u.band.read[0]
@@ -639,7 +706,14 @@ class _Run:
                     continue
                 t0 = time.perf_counter()
                 try:
-                    if unit.band is None:
+                    if self.areas is not None:
+                        if self.show and cl.world == 1 and len(mine) > 1:
+                            info(f"[{n}/{len(mine)}] {job.scene}")
+                        result = run_areas(self._area_plan(job), predictor=predictor,
+                                           model_info=self.model_info,
+                                           show_progress=self.show and cl.world == 1)  # fmt: skip
+                        records.append({**base, "status": "done", "result": result.to_dict()})
+                    elif unit.band is None:
                         if self.show and cl.world == 1 and len(mine) > 1:
                             info(f"[{n}/{len(mine)}] {job.scene}")
                         result = segment_raster(
@@ -697,6 +771,8 @@ class _Run:
             recs = by_job.get(job.index, [])
             if probe["error"]:
                 row["error"] = probe["error"]
+            elif probe.get("no_areas"):
+                row.update(status="skipped", note="no area of interest overlaps it")
             elif probe["done"]:
                 row.update(probe["done"], status="skipped")
             elif not recs or any(r["status"] == "not run" for r in recs):
@@ -756,6 +832,7 @@ class _Run:
             "expressions": self.texts,
             "options": _json_roundtrip(self.options.record()),
             "batch": _json_roundtrip(asdict(self.batch)),
+            **({} if self.areas is None else {"areas": _json_roundtrip(self.areas.record())}),
             "world_size": self.cluster.world,
             "scenes": rows,
             "ranks": ranks,
@@ -792,6 +869,7 @@ def run_command(
     load: Callable[..., Any],
     as_json: bool = False,
     inputs: Sequence[PathLike | None] = (),
+    areas: AreaOptions | None = None,
 ) -> BatchResult:
     """``fiacli segment`` over many scenes: run, then print the summary (or JSON) on rank 0.
 
@@ -807,6 +885,7 @@ def run_command(
             scenes, expressions, output, options, batch=batch, cluster=cluster,
             model=lambda: load(dev, not cluster.is_main), model_info=identity,
             show_progress=not as_json, inputs=[resolve_model(model).path, *inputs],
+            areas=areas,
         )  # fmt: skip
     except FiacliError as exc:
         if cluster.world > 1 and not str(exc).startswith("rank "):
@@ -836,8 +915,8 @@ def print_summary(result: BatchResult) -> None:
     colours = {"done": "green", "skipped": "cyan", "failed": "red", "not run": "yellow"}
     for row in result.rows:
         status = row["status"]
-        if row.get("error"):
-            status = f"{status}: {row['error']}"
+        if row.get("error") or row.get("note"):
+            status = f"{status}: {row.get('error') or row['note']}"
         secs = row.get("seconds")
         table.add_row(
             escape(str(row["scene"])),

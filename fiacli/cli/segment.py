@@ -31,7 +31,9 @@ HELP = (
     "resized to the chip like the training images; a larger one is a scene of its own (chips, "
     "or with --scope scene a coarse pass over the feature). Results are clipped to each "
     "polygon; polygons carry aoi_id and --keep-fields; rasters cover the AOIs in the scene's "
-    "grid (--crop: only their bounding window); the manifest lists every feature.\n\n"
+    "grid (--crop: only their bounding window); the manifest lists every feature. Over many "
+    "scenes, each scene runs the AOIs that overlap it and a scene that none overlaps is "
+    "skipped.\n\n"
     "-m: a checkpoint, or a name from `fiacli models`; without it, the bundled demo model "
     "(trained on synthetic scenes only; say so on stderr). --demo segments the bundled demo "
     "scene (a synthetic 2,048² px GeoTIFF): every positional argument is then an expression, "
@@ -81,15 +83,10 @@ def _segment_batch(scenes: list[str], texts: list[str], params: dict[str, Any],
                    batch: Any) -> None:  # fmt: skip
     """Many scenes (fiacli.app.batch): a summary table; exit code 1 names the failed scenes."""
     from fiacli.app.api import load_model
+    from fiacli.app.areas import AreaOptions
     from fiacli.app.batch import run_command
     from fiacli.app.segment_options import SegmentOptions
-    from fiacli.core.errors import FiacliError, UsageError
-
-    if params.get("aoi") or params.get("bbox"):
-        raise UsageError(
-            "--aoi/--bbox take one scene: give one scene, or tiles with --mosaic "
-            "(in one process: not under torchrun)"
-        )
+    from fiacli.core.errors import FiacliError
 
     def load(device: str, quiet: bool) -> Any:
         return load_model(params["model"], device=device, precision=params["precision"],
@@ -99,6 +96,7 @@ def _segment_batch(scenes: list[str], texts: list[str], params: dict[str, Any],
         scenes, texts, params["output"], SegmentOptions.from_mapping(params), batch,
         model=params["model"], device=params["device"], precision=params["precision"],
         load=load, as_json=params["as_json"], inputs=[params["expressions_file"]],
+        areas=AreaOptions.from_mapping(params),
     )  # fmt: skip
     if result.failed and result.rank == 0:  # the other ranks exit 0: torchrun then lets rank
         raise FiacliError(result.failure_line())  # 0 finish, and its line is the job's error
@@ -123,6 +121,8 @@ def _segment_batch(scenes: list[str], texts: list[str], params: dict[str, Any],
         "fiacli segment rgbn_20cm.tif --expressions queries.txt --bands 1,2,3 --resolution 0.5 "
         "-m model.safetensors -o out.parquet --json",
         "fiacli segment 'archive/*.tif' --input-list more.txt -e \"the storage tank\" "
+        "-m model.safetensors -o 'out/{stem}.gpkg'",
+        "fiacli segment 'scenes/*.tif' --aoi parcels.gpkg --expression-field query "
         "-m model.safetensors -o 'out/{stem}.gpkg'",
         'torchrun --nproc_per_node 8 -m fiacli segment big.tif -e "the ship" -m model.safetensors '
         "-o out/ --format gpkg,tif --split-scene",

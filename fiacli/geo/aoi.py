@@ -198,7 +198,8 @@ def load_areas(
     expression_field: str | None = None,
     keep_fields: Sequence[str] = (),
 ) -> AreaSet:
-    """Read, check, repair and reproject AOIs into :class:`Area` objects in ``scene_crs``.
+    """Read, check, repair and reproject AOIs into :class:`Area` objects in ``scene_crs``
+    (None: kept in their own CRS).
 
     ``source``: a vector file path, a GeoDataFrame/GeoSeries or shapely geometries.
     ``aoi_crs`` is the CRS of features that carry none (shapely geometries: default the
@@ -252,7 +253,8 @@ def load_areas(
             kind = frame.geometry.iloc[row].geom_type
             raise FiacliError(f"{_name(i)} is a {kind}; areas of interest must be polygons "
                               "(buffer points and lines first)")  # fmt: skip
-    geoms = _reproject(geoms, keep, frame.crs, scene_crs)
+    if scene_crs is not None:
+        geoms = _reproject(geoms, keep, frame.crs, scene_crs)
     areas = []
     for k, (fid, geom) in enumerate(zip(ids, geoms, strict=True)):
         if not keep[k]:
@@ -358,7 +360,11 @@ def scene_footprint(transform: Affine, width: int, height: int) -> Any:
 def clip_to_scene(areas: Sequence[Area], footprint: Any) -> tuple[list[Area], list[str]]:
     """Areas cut to the scene; those entirely outside are dropped with a warning naming them."""
     kept, notes, outside = [], [], []
-    for area in areas:
+    near = shapely.intersects(footprint, np.array([a.geometry for a in areas], dtype=object))
+    for area, touches in zip(areas, near.tolist(), strict=True):
+        if not touches:  # the quick test first: over many scenes most areas miss each one
+            outside.append(area)
+            continue
         geom = area.geometry
         if not shapely.contains(footprint, geom):
             geom = _polygonal(shapely.intersection(geom, footprint))

@@ -71,6 +71,44 @@ def test_windowed_equals_whole_scene(name, rows):
         assert p == 200 * n
 
 
+@pytest.mark.parametrize("kind", ["sparse", "noisy", "edges", "empty"])
+def test_a_window_polygonises_only_its_foreground_box_with_the_same_result(kind):
+    """_window_shapes polygonises the box around the foreground: the pieces, their order and
+    their labels must be those of polygonising the whole window (the reference, here)."""
+    from fiacli.geo import polygonize
+    from fiacli.geo.vectorize import FOUR, _window_shapes
+
+    rng = np.random.default_rng(["sparse", "noisy", "edges", "empty"].index(kind))
+    for _ in range(25):
+        h, w = int(rng.integers(3, 120)), int(rng.integers(3, 200))
+        mask = np.zeros((h, w), bool)
+        if kind == "sparse":
+            for _ in range(int(rng.integers(1, 5))):
+                r, c = rng.integers(0, h), rng.integers(0, w)
+                mask[r : r + rng.integers(1, 9), c : c + rng.integers(1, 9)] = True
+        elif kind == "noisy":
+            mask = ndimage.uniform_filter(rng.random((h, w)), 3) > 0.55
+        elif kind == "edges":
+            mask[0], mask[:, -1] = rng.random(w) > 0.5, rng.random(h) > 0.5
+        y0 = int(rng.integers(0, 10_000))
+        got = _window_shapes(mask, np.zeros((h, w), np.uint8), y0, False)
+        labels, n = ndimage.label(mask, structure=FOUR)
+        shifted = Affine.translation(0, y0)
+        if polygonize.available():
+            pieces, values = polygonize.polygonize(labels, shifted)
+        else:
+            shapes = rasterio.features.shapes(labels, mask=labels > 0, connectivity=4,
+                                              transform=shifted)  # fmt: skip
+            pieces = [shapely.geometry.shape(g) for g, _ in shapes]
+            values = np.array([v for _, v in rasterio.features.shapes(
+                labels, mask=labels > 0, connectivity=4)], dtype=np.int64)  # fmt: skip
+        assert got.n == n and got.values.tolist() == list(values)
+        assert [g.wkb for g in got.pieces] == [g.wkb for g in pieces]
+        assert (got.first == labels[0]).all() and (got.last == labels[-1]).all()
+        assert got.bottom.tolist() == np.unique(labels[-1]).tolist()
+        assert got.pixels.tolist() == np.bincount(labels[mask], minlength=n + 1).tolist()
+
+
 def test_nodata_and_background_make_no_polygons():
     mask = np.full((20, 20), 255, np.uint8)
     mask[5:10, 5:10] = 0

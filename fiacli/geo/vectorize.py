@@ -92,7 +92,15 @@ class _WindowShapes:
 
 
 def _window_shapes(mask: np.ndarray, prob: np.ndarray, y0: int, first: bool) -> _WindowShapes:
-    """Label a window (4-connected, as GDAL) and polygonise it with rasterio."""
+    """Label a window (4-connected, as GDAL) and polygonise it with GDAL. Only the box around
+    its foreground is polygonised: the same polygons in the same order as the whole window
+    (``tests/test_vectorize.py``), at a fraction of the cost for sparse masks (GDAL scans
+    every pixel: a megapixel took 8 ms with one small object in it)."""
+    if not mask.any():  # most windows of a real mask: nothing to label
+        zero = np.zeros(mask.shape[1], np.int32)
+        return _WindowShapes(y0, 0, np.zeros(1, np.int64), np.zeros(1), zero[:1], zero,
+                             zero.copy(), np.empty(0, dtype=object), np.empty(0, np.int64),
+                             np.empty(0, bool))  # fmt: skip
     labels, n = ndimage.label(mask, structure=FOUR)
     fg = labels[mask]  # counting over foreground only keeps the temporaries small
     pixels = np.bincount(fg, minlength=n + 1)
@@ -103,11 +111,15 @@ def _window_shapes(mask: np.ndarray, prob: np.ndarray, y0: int, first: bool) -> 
     edge = np.zeros(n + 1, bool)
     edge[top] = True
     edge[bottom] = True
-    shifted = Affine.translation(0, y0)
+    # GDAL scans every pixel: only the box around the foreground, with a pixel of margin
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    r0, r1 = max(int(rows[0]) - 1, 0), min(int(rows[-1]) + 2, mask.shape[0])
+    c0, c1 = max(int(cols[0]) - 1, 0), min(int(cols[-1]) + 2, mask.shape[1])
+    box, shifted = labels[r0:r1, c0:c1], Affine.translation(c0, y0 + r0)
     if polygonize.available():  # the same polygons, without holding the GIL
-        pieces, values = polygonize.polygonize(labels, shifted)
+        pieces, values = polygonize.polygonize(box, shifted)
     else:
-        shapes = rasterio.features.shapes(labels, mask=labels > 0, connectivity=4,
+        shapes = rasterio.features.shapes(box, mask=box > 0, connectivity=4,
                                           transform=shifted)  # fmt: skip
         pieces, values = _polygons(shapes)
     return _WindowShapes(y0, n, pixels, probs, bottom, labels[0].copy(), labels[-1].copy(),

@@ -153,3 +153,91 @@ def test_each_feature_brings_its_own_expression_over_many_scenes(world):
                           chip=64, overlap=16)  # fmt: skip
     assert [r["status"] for r in result.rows] == ["done", "done", "skipped"]
     assert set(gpd.read_file(out / "b.gpkg")["name"]) == {"across"}  # "in B" asked for green
+
+
+def test_finished_outputs_are_those_of_the_same_areas(world):
+    """A rerun skips a scene only when its manifest was written for the same areas: not after a
+    whole-scene run, nor after the AOI file was edited (then, as for any changed option, the
+    existing outputs need -f)."""
+    scenes, aoi, tmp = world
+    out = tmp / "out"
+    out.mkdir()
+    run(scenes, aoi, out)
+    whole = segment_many(scenes, "red", [out / "{stem}.gpkg", out / "{stem}.tif"],
+                         model=Model(), model_info=Model().model_info, chip=64,
+                         overlap=16)  # fmt: skip
+    assert [r["status"] for r in whole.rows] == ["failed", "failed", "done"]
+    assert all("already exists" in r["error"] for r in whole.rows[:2])
+    edited = gpd.read_file(aoi)
+    edited.loc[edited["name"] == "in A", "geometry"] = box(30, 20, 90, 100)  # same path
+    edited.to_file(aoi, driver="GeoJSON")
+    again = run(scenes, aoi, out)
+    assert [r["status"] for r in again.rows] == ["failed", "skipped", "skipped"]  # b: unchanged
+    assert "a.tif already exists" in again.rows[0]["error"]
+    redone = run(scenes, aoi, out, overwrite=True)
+    assert [r["status"] for r in redone.rows] == ["done", "done", "skipped"]
+    found = gpd.read_file(out / "a.gpkg")
+    assert found[found["name"] == "in A"].total_bounds[0] >= T.c + 30 * T.a
+
+
+def test_an_interrupted_area_run_runs_again_without_f(world, monkeypatch):
+    """Interrupted between the renames of its outputs, a scene's AOI run has written its
+    manifest, so running it again replaces what it left (as a whole-scene run does)."""
+    import os
+
+    import fiacli.core.io as io_module
+
+    scenes, aoi, tmp = world
+    out = tmp / "out"
+    out.mkdir()
+    real, renamed = os.replace, []
+
+    def replace(src, dst):
+        final = os.path.dirname(os.fspath(dst)) == str(out) and not dst.name.startswith(".")
+        if final:
+            renamed.append(dst)
+            if len(renamed) == 2:
+                raise KeyboardInterrupt
+        return real(src, dst)
+
+    monkeypatch.setattr(io_module.os, "replace", replace)
+    with pytest.raises(KeyboardInterrupt):
+        run(scenes[:1], aoi, out)
+    monkeypatch.undo()
+    assert (out / "a.manifest.json").exists()
+    assert [r["status"] for r in run(scenes[:1], aoi, out).rows] == ["done"]
+
+
+def test_a_scene_no_area_overlaps_any_more_keeps_its_old_outputs_and_says_so(world):
+    scenes, aoi, tmp = world
+    out = tmp / "out"
+    out.mkdir()
+    run(scenes, aoi, out)
+    before = (out / "a.gpkg").read_bytes()
+    again = run(scenes, aoi, out, overwrite=True, areas={"aoi_where": "name = 'in B'"})
+    row = again.rows[0]
+    assert row["status"] == "skipped" and row["manifest"] is None
+    assert row["note"].endswith("the outputs of an earlier run are left as they were")
+    assert (out / "a.gpkg").read_bytes() == before  # nothing of the user's is removed
+
+
+def test_areas_that_overlap_no_scene_are_an_error(world):
+    scenes, aoi, tmp = world
+    with pytest.raises(FiacliError, match=r"aoi\.geojson\) overlap none of the 3 scenes"):
+        run(scenes, aoi, tmp, areas={"aoi_where": "name = 'nowhere'"})
+
+
+def test_the_aois_own_warnings_are_said_once_and_kept_in_every_manifest(world, capsys):
+    scenes, _, tmp = world
+    bow = shapely.Polygon([(500010, 4099990), (500030, 4099970), (500030, 4099990),
+                           (500010, 4099970)])  # fmt: skip  # self-intersecting, over scene A
+    frame = gpd.GeoDataFrame(geometry=[bow, box(260, 20, 360, 100)], crs="EPSG:32633")
+    out = tmp / "out"
+    out.mkdir()
+    segment_many(scenes, "red", [out / "{stem}.gpkg"], model=Model(), aoi=frame, chip=64,
+                 overlap=16)  # fmt: skip
+    err = capsys.readouterr().err
+    note = "1 invalid AOI geometry repaired with make_valid"
+    assert err.count(note) == 1 and "outside the scene" not in err
+    for stem in ("a", "b"):
+        assert note in json.loads((out / f"{stem}.manifest.json").read_text())["warnings"]

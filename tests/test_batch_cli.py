@@ -13,6 +13,7 @@ from pathlib import Path
 import geopandas as gpd
 import numpy as np
 import pytest
+import shapely
 import typer
 from _oracle import random_rgb, read, write_tif
 from cli_helpers import one_line
@@ -146,15 +147,43 @@ def test_an_aoi_over_many_scenes_runs_in_each_one_it_overlaps(run_cli, oracle, f
         found = gpd.read_file(out / f"t{i}.gpkg")
         assert len(found) and set(found["aoi_id"]) == {"bbox"}
         assert found.total_bounds[0] >= 500005 - 1e-6 and found.total_bounds[2] <= 500025 + 1e-6
-    # a box over none of them: every scene skipped, the model never loaded, exit 0
+    # a box over none of them (its coordinates swapped, say) is an error, as with one scene,
+    # before the model loads
     oracle.loaded.clear()
     r = run_cli("segment", tiles, "-e", "red", "-m", "m", "--bbox", "0,0,10,10",
-                "-o", str(folder / "none" / "{stem}.gpkg"), "--json")  # fmt: skip
-    assert r.exit_code == 0 and oracle.loaded == []
-    rows = json.loads(r.stdout)["scenes"]
-    assert [(s["status"], s["note"]) for s in rows] == [
-        ("skipped", "no area of interest overlaps it")] * 3  # fmt: skip
+                "-o", str(folder / "none" / "{stem}.gpkg"))  # fmt: skip
+    assert r.exit_code == 1 and oracle.loaded == []
+    assert r.stderr.splitlines()[-1] == "error: the --bbox overlaps none of the 3 scenes"
     assert not list((folder / "none").glob("t*"))
+
+
+def test_with_expression_field_every_positional_is_a_scene(run_cli, oracle, folder):
+    """The features bring the expressions, so there is no -e: scenes the shell expanded from a
+    glob must not be read as expressions (they were: only the first scene ran)."""
+    aoi = folder / "aoi.gpkg"
+    gpd.GeoDataFrame({"query": ["red"]}, geometry=[shapely.box(500005, 4099975, 500025, 4099995)],
+                     crs="EPSG:32633").to_file(aoi)  # fmt: skip
+    tiles = sorted(str(p) for p in (folder / "tiles").glob("*.tif"))
+    out = folder / "out"
+    r = run_cli("segment", *tiles, "--aoi", str(aoi), "--expression-field", "query", "-m", "m",
+                "-o", str(out / "{stem}.gpkg"))  # fmt: skip
+    assert r.exit_code == 0, r.stderr
+    assert sorted(p.name for p in out.glob("*.gpkg")) == ["t0.gpkg", "t1.gpkg", "t2.gpkg"]
+    man = json.loads((out / "t1.manifest.json").read_text())
+    assert man["expressions"] == ["expression from field 'query'"]  # no scene path among them
+
+
+def test_demo_with_expression_field_adds_no_demo_expression_over_many_outputs(run_cli, oracle,
+                                                                             tmp_path):  # fmt: skip
+    aoi = tmp_path / "aoi.gpkg"
+    gpd.GeoDataFrame({"query": ["red"]}, geometry=[shapely.box(448100, 5411800, 448140, 5411840)],
+                     crs="EPSG:32633").to_file(aoi)  # fmt: skip
+    # a template: the batch path
+    r = run_cli("segment", "--demo", "--aoi", str(aoi), "--expression-field", "query",
+                "-o", str(tmp_path / "many" / "{stem}.gpkg"))  # fmt: skip
+    assert r.exit_code == 0, r.stderr
+    man = json.loads((tmp_path / "many" / "demo_scene.manifest.json").read_text())
+    assert man["expressions"] == ["expression from field 'query'"]
 
 
 # --------------------------------------------------------------------------------------------

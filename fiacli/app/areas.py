@@ -192,11 +192,12 @@ class AreaPlan:
     expressions: list[str]  # those every feature answers (-e), after its own
     outputs: Outputs
     areas: list[Area]
-    notes: list[str]
+    notes: list[str]  # about the AOIs themselves (repaired geometries …)
     options: SegmentOptions
     area_options: AreaOptions
     source: str
     grid: tuple[Affine, int, int] | None = None  # the scene's transform, width and height
+    outside: list[str] = field(default_factory=list)  # the features outside the scene
 
     @property
     def slots(self) -> list[str]:
@@ -233,12 +234,14 @@ def estimated_chips(window_sizes: Sequence[tuple[int, int]], chip: int, overlap:
 
 
 def check_area_source(area_options: AreaOptions) -> list[str]:
-    """Read an AOI file once, before a run over many scenes: what is wrong with it (it does not
-    open, has no CRS, ``--aoi-where`` selects nothing, an attribute is missing) fails the run
-    before any scene; returns its warnings (repaired geometries …), to show once."""
+    """Read the AOIs once, before a run over many scenes: what is wrong with them (the file does
+    not open, has no CRS, ``--aoi-where`` selects nothing, an attribute is missing) fails the
+    run before any scene; returns their warnings (repaired geometries …)."""
+    import geopandas as gpd
+
     a = area_options
-    if not isinstance(a.aoi, (str, os.PathLike)):
-        return []  # --bbox, or geometries from Python: checked with each scene
+    if not isinstance(a.aoi, (str, os.PathLike, gpd.GeoDataFrame, gpd.GeoSeries)):
+        return []  # --bbox, or shapely geometries (in each scene's CRS): checked with each scene
     found = load_areas(a.aoi, scene_crs=None, layer=a.aoi_layer, where=a.aoi_where,
                        aoi_crs=a.aoi_crs, expression_field=a.expression_field,
                        keep_fields=a.keep_fields)  # fmt: skip
@@ -314,8 +317,8 @@ def preflight_areas(
         what = ("the --bbox" if a.bbox is not None
                 else f"{found.source} ({n} feature{'s' if n != 1 else ''})")  # fmt: skip
         raise NoAreaInScene(f"{what} does not overlap {scene}: {where}")
-    return AreaPlan(str(scene), texts, outputs, kept, found.notes + outside, options, a,
-                    found.source, (transform, width, height))  # fmt: skip
+    return AreaPlan(str(scene), texts, outputs, kept, found.notes, options, a, found.source,
+                    (transform, width, height), outside)  # fmt: skip
 
 
 def segment_areas(
@@ -458,14 +461,18 @@ def run_areas(
     predictor: ChipPredictor,
     model_info: dict[str, Any] | None = None,
     show_progress: bool = False,
+    announce_notes: bool = True,
 ) -> AreaResult:
-    """Run every area of ``plan`` and write its outputs (atomically; nothing left on failure)."""
+    """Run every area of ``plan`` and write its outputs (atomically; nothing left on failure).
+
+    Its notes go to the manifest, and to stderr unless ``announce_notes`` is False (a run over
+    many scenes says them once)."""
     t_start = time.perf_counter()
     opts, outs = plan.options, plan.outputs
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     with open_scene(plan.scene, bands=opts.bands, resolution=opts.resolution) as scene:
-        for note in [*scene.warnings, *plan.notes]:
+        for note in [*scene.warnings, *(plan.notes if announce_notes else []), *plan.outside]:
             warn(note)
         chip = int(opts.chip or predictor.image_size)
         grid = (scene.transform, scene.width, scene.height)
@@ -497,8 +504,10 @@ def run_areas(
                     bar.advance(task)
             timings["areas"] = time.perf_counter() - t0
             result = runner.finish(tmp, timings, t_start, union)
-        if outs.manifest is not None:
-            write_manifest(outs.manifest, result, model_info, overwrite=opts.overwrite)
+            # before the outputs are renamed (as segment_raster): a run interrupted between
+            # renames leaves its manifest, so running it again may replace its outputs
+            if outs.manifest is not None:
+                write_manifest(outs.manifest, result, model_info, overwrite=opts.overwrite)
     return result
 
 
@@ -776,7 +785,7 @@ class _Runner:
             ],  # fmt: skip
             timings_s={k: round(v, 4) for k, v in timings.items()},
             options=record,
-            warnings=[*scene.warnings, *plan.notes],
+            warnings=[*scene.warnings, *plan.notes, *plan.outside],
             areas=self.records,
         )
 

@@ -351,14 +351,26 @@ def model_key(model_info: Mapping[str, Any] | None) -> dict[str, Any]:
     return {k: v for k, v in (model_info or {}).items() if k != "device"}
 
 
+def _area_records(areas: Sequence[Any], texts: list[str]) -> list[Any]:
+    """What an AOI run's manifest lists of each feature that identifies it: id, bounds in the
+    scene's CRS, expressions (an edited AOI file or another GeoDataFrame changes them)."""
+    return _json_roundtrip([
+        [a.id, [round(v, 6) for v in a.geometry.bounds],
+         ([a.expression] if a.expression is not None else []) + texts]
+        for a in areas
+    ])  # fmt: skip
+
+
 def _matching_manifest(job: SceneJob, texts: list[str], model_info: Mapping[str, Any] | None,
-                       areas: AreaOptions | None = None) -> dict | None:  # fmt: skip
+                       areas: AreaOptions | None = None,
+                       plan: AreaPlan | None = None) -> dict | None:  # fmt: skip
     """The manifest of ``job`` when it was written for this scene, model, expressions, options
-    (``areas``: and areas of interest) and outputs."""
+    and outputs; with ``areas``, for these areas of interest too (``plan``: this scene's)."""
+    bands = texts
     if areas is not None:  # the bands, as the AOI run names them
         from fiacli.app.areas import area_slots
 
-        texts = area_slots(areas, texts)
+        bands = area_slots(areas, texts)
     man = job.plan.manifest
     if man is None or not man.is_file():
         return None
@@ -368,7 +380,7 @@ def _matching_manifest(job: SceneJob, texts: list[str], model_info: Mapping[str,
         return None
     if not isinstance(data, dict) or data.get("command") != "segment":
         return None
-    if data.get("expressions") != texts or str(data.get("scene", {}).get("path")) != job.scene:
+    if data.get("expressions") != bands or str(data.get("scene", {}).get("path")) != job.scene:
         return None
     if model_key(data.get("model")) != _json_roundtrip(model_key(model_info)):
         return None
@@ -382,24 +394,32 @@ def _matching_manifest(job: SceneJob, texts: list[str], model_info: Mapping[str,
             continue  # the model's default: the same model gives the same value
         if recorded.get(k) != v:
             return None
+    if areas is None and (recorded.get("aoi") is not None or recorded.get("bbox") is not None):
+        return None  # the outputs of a run restricted to areas of interest
+    if plan is not None:
+        got = [[r.get("id"), r.get("bounds"), r.get("expressions")]
+               for r in data.get("areas") or []]  # fmt: skip
+        if got != _area_records(plan.areas, texts):
+            return None
     return data
 
 
 def completed(job: SceneJob, texts: list[str], model_info: Mapping[str, Any] | None,
-              areas: AreaOptions | None = None) -> dict | None:  # fmt: skip
+              areas: AreaOptions | None = None,
+              plan: AreaPlan | None = None) -> dict | None:  # fmt: skip
     """The manifest of ``job`` when its outputs are complete for this model, these expressions
-    and options; None when the scene must be (re)done."""
-    data = _matching_manifest(job, texts, model_info, areas)
+    and options (and areas); None when the scene must be (re)done."""
+    data = _matching_manifest(job, texts, model_info, areas, plan)
     if data is None or not all(p.exists() for p in job.plan.finals()):
         return None
     return data
 
 
 def _partial(job: SceneJob, texts: list[str], model_info: Mapping[str, Any] | None,
-             areas: AreaOptions | None = None) -> bool:  # fmt: skip
+             areas: AreaOptions | None = None, plan: AreaPlan | None = None) -> bool:  # fmt: skip
     """Outputs left by an interrupted run of this very job (its manifest matches but a file is
     missing): they may be replaced without -f."""
-    return _matching_manifest(job, texts, model_info, areas) is not None
+    return _matching_manifest(job, texts, model_info, areas, plan) is not None
 
 
 # --------------------------------------------------------------------------------------------
@@ -473,12 +493,11 @@ def segment_many(
     bopts = batch or BatchOptions()
     bopts.check()
     areas = areas if areas is not None and areas.active else None
-    notes: list[str] = []
     if areas is not None:
         from fiacli.app.areas import check_area_source
 
         areas.check()
-        notes = check_area_source(areas)  # a bad AOI file fails here, on every rank alike
+        check_area_source(areas)  # a bad AOI file fails here, on every rank alike
     own_texts = areas is not None and areas.expression_field
     given = [expressions] if isinstance(expressions, str) else list(expressions)
     texts = clean_expressions(given) if given or not own_texts else []
@@ -495,9 +514,6 @@ def segment_many(
             run = _Run(jobs, names, texts, opts, bopts, model, model_info, cluster,
                        show_progress=show_progress, split_parts=split_parts,
                        areas=areas)  # fmt: skip
-            if cluster.is_main:
-                for note in notes:
-                    warn(note)
             return run.execute()
     finally:
         if own_cluster:
@@ -545,20 +561,23 @@ class _Run:
                 out.update(
                     height=sc.height, width=sc.width, dtype=str(sc.src.dtypes[sc.indexes[0] - 1])
                 )
+            plan = None
             if self.areas is not None:
                 from fiacli.app.areas import NoAreaInScene
 
                 try:  # existing outputs: checked below, as for whole scenes
-                    out["area_windows"] = self._area_plan(job, overwrite=True).window_sizes()
+                    plan = self._area_plan(job, overwrite=True)
                 except NoAreaInScene:
                     out["no_areas"] = True
+                    out["leftover"] = any(p.exists() for p in job.plan.finals())
                     return out
+                out.update(area_windows=plan.window_sizes(), notes=plan.notes)
             if not job.options.overwrite and not changed:
-                data = completed(job, self.texts, self.model_info, self.areas)
+                data = completed(job, self.texts, self.model_info, self.areas, plan)
                 if data is not None:
                     out["done"] = _row_from_manifest(data)
                 else:
-                    out["partial"] = _partial(job, self.texts, self.model_info, self.areas)
+                    out["partial"] = _partial(job, self.texts, self.model_info, self.areas, plan)
         except FiacliError as exc:
             out["error"] = str(exc)
         except Exception as exc:
@@ -574,7 +593,7 @@ class _Run:
         assert self.areas is not None
         plan = preflight_areas(job.scene, self.texts, job.outputs, opts, self.areas,
                                loaded=self._loaded)  # fmt: skip
-        return replace(plan, notes=[])
+        return replace(plan, outside=[])
 
     def _load(self) -> Any:
         seg = self.model() if callable(self.model) else self.model
@@ -600,6 +619,8 @@ class _Run:
         probes = cl.broadcast(probes, what="sharing the scene list")
         if self.batch.mosaic and probes[0]["error"]:
             raise FiacliError(probes[0]["error"])
+        if self.areas is not None:
+            self._check_areas(probes)
         todo = [
             j for j, p in zip(self.jobs, probes, strict=True)
             if not p["error"] and not p["done"] and not p.get("no_areas")
@@ -630,6 +651,24 @@ class _Run:
             else:
                 self._remove_own(units)
         return BatchResult(shared["rows"], shared["payload"], self.manifest_path, cl.rank, cl.world)
+
+    def _check_areas(self, probes: list[dict[str, Any]]) -> None:
+        """Areas of interest that overlap no scene are an error (as with one scene: a bbox
+        with its coordinates swapped should not pass as N scenes skipped); the AOIs' own notes
+        are said once, not once a scene."""
+        assert self.areas is not None
+        if all(p.get("no_areas") for p in probes):
+            what = ("the --bbox" if self.areas.bbox is not None
+                    else f"the areas of interest ({self.areas.record()['aoi']})")  # fmt: skip
+            n = len(probes)
+            raise FiacliError(f"{what} overlap{'s' if self.areas.bbox is not None else ''} "
+                              f"none of the {n} scene{'s' if n != 1 else ''}")  # fmt: skip
+        if self.cluster.is_main:
+            for note in dict.fromkeys(n for p in probes for n in p.get("notes", [])):
+                warn(note)
+            if self.batch.split_scene:
+                warn("--split-scene: scenes with areas of interest are not split; one rank runs "
+                     "each scene's areas")  # fmt: skip
 
     def _remove_own(self, units: list[Any]) -> None:
         for unit in units:
@@ -711,7 +750,8 @@ class _Run:
                             info(f"[{n}/{len(mine)}] {job.scene}")
                         result = run_areas(self._area_plan(job), predictor=predictor,
                                            model_info=self.model_info,
-                                           show_progress=self.show and cl.world == 1)  # fmt: skip
+                                           show_progress=self.show and cl.world == 1,
+                                           announce_notes=False)  # fmt: skip
                         records.append({**base, "status": "done", "result": result.to_dict()})
                     elif unit.band is None:
                         if self.show and cl.world == 1 and len(mine) > 1:
@@ -772,7 +812,10 @@ class _Run:
             if probe["error"]:
                 row["error"] = probe["error"]
             elif probe.get("no_areas"):
-                row.update(status="skipped", note="no area of interest overlaps it")
+                note = "no area of interest overlaps it"
+                if probe.get("leftover"):
+                    note += "; the outputs of an earlier run are left as they were"
+                row.update(status="skipped", note=note, manifest=None)
             elif probe["done"]:
                 row.update(probe["done"], status="skipped")
             elif not recs or any(r["status"] == "not run" for r in recs):

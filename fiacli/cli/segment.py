@@ -38,7 +38,8 @@ HELP = (
     "(trained on synthetic scenes only; say so on stderr). --demo segments the bundled demo "
     "scene (a synthetic 2,048² px GeoTIFF): every positional argument is then an expression, "
     "the demo expression when none is given.\n\n"
-    "Several scenes: with -e/--expressions every positional argument is a scene (globs too), "
+    "Several scenes: with -e/--expressions (or --expression-field) every positional argument "
+    "is a scene (globs too), "
     "--input-list adds a file of them; -o takes a template ('out/{stem}.gpkg', {name}, "
     "{parent}) or a folder (-o out/ with --format). The model loads once; each scene gets its "
     "outputs and manifest, a failed scene does not stop the others (exit code 1 names them), "
@@ -345,8 +346,9 @@ def segment(
     from fiacli.app.batch import BatchOptions, under_torchrun, wants_batch
 
     batch = BatchOptions.from_mapping(params)
-    # with -e/--expressions every positional is a scene (with --demo, they are expressions)
-    repeated = not demo and bool(expressions or expressions_file)
+    # with -e/--expressions (or --expression-field: the features bring them) every positional
+    # is a scene (with --demo, they are expressions)
+    repeated = not demo and bool(expressions or expressions_file or expression_field)
     scenes = [s for s in ([scene, *(expression or [])] if repeated else [scene]) if s is not None]
     areas = AreaOptions.from_mapping(params)
     given = _read_expressions(None if repeated else expression, expressions, expressions_file)
@@ -362,7 +364,8 @@ def segment(
         scene, output = job.scene, job.outputs
         params.update(probabilities=job.options.probabilities, preview=job.options.preview)
     elif scene is None or wants_batch(scenes, output, SegmentOptions.from_mapping(params), batch):
-        _segment_batch(scenes, given or _demo_expression(demo), params, batch)
+        _segment_batch(scenes, given or ([] if expression_field else _demo_expression(demo)),
+                       params, batch)  # fmt: skip
         return
     if not given and not expression_field:  # the AOIs may bring the expressions
         given = _demo_expression(demo)

@@ -9,8 +9,8 @@ absolute times; the load average is printed alongside.
 
 * overhead: end-to-end ``segment_raster`` time / pure model time on the same chips, same process
   (target <= 1.10); model time = encoding the expression once + predicting every chip. Three
-  rounds of (pure, end-to-end), the ratio taken within each round and the median kept, so a
-  load that drifts between rounds cancels. Also printed: end-to-end time / the model time
+  rounds (``--pairs``) of (pure, end-to-end), the ratio taken within each round and the median
+  kept, so a load that drifts between rounds cancels. Also printed: end-to-end time / the model time
   measured inside that same run (immune to load changes between runs) and process CPU time
   (all threads; note torch's OpenMP threads spin while waiting, so it too grows with load).
   Model: a random-weight ``fianet-tiny`` on CPU, whose noisy masks (about half the scene, tens
@@ -490,6 +490,8 @@ def main() -> None:
         help="folder for the generated throughput scene (default ~/.cache/fiacli-bench)",
     )
     ap.add_argument("--rounds", type=int, default=2, help="throughput: rounds (best kept)")
+    ap.add_argument("--pairs", type=int, default=3,
+                    help="overhead: (model-only, end-to-end) pairs, the median ratio kept")  # fmt: skip
     ap.add_argument("--threads", type=int, default=None,
                     help="overhead/memory: segment's --threads (default: its own default, 1 "
                     "for a model on the CPU)")  # fmt: skip
@@ -505,6 +507,7 @@ def main() -> None:
         if "overhead" in only:
             size = 1000 if args.quick else 2000
             report["overhead"] = bench_overhead(size, args.model or "fianet-tiny", folder,
+                                                repeats=args.pairs,
                                                 threads=args.threads)  # fmt: skip
             print(json.dumps({"overhead": report["overhead"]}, indent=2), flush=True)
         if "memory" in only:

@@ -503,7 +503,8 @@ def segment_many(
     texts = clean_expressions(given) if given or not own_texts else []
     names = expand_scenes([os.fspath(s) for s in scenes], bopts.input_list)
     outs = [output] if isinstance(output, (str, os.PathLike)) else output
-    aoi_file = areas.aoi if areas is not None and isinstance(areas.aoi, (str, Path)) else None
+    aoi = None if areas is None else areas.aoi
+    aoi_file = aoi if isinstance(aoi, (str, os.PathLike)) else None
     jobs = plan_jobs(names, outs, opts, bopts, inputs=[*inputs, bopts.input_list, aoi_file])
     if model_info is None and not callable(model):
         model_info = getattr(model, "model_info", None)
@@ -804,7 +805,7 @@ class _Run:
             man = job.plan.manifest
             row: dict[str, Any] = {
                 "scene": job.scene, "status": "failed", "chips": None, "objects": None,
-                "seconds": None, "error": None, "rank": None,
+                "seconds": None, "error": None, "note": None, "rank": None,
                 "pixels": probe.get("height", 0) * probe.get("width", 0),
                 "manifest": None if man is None else str(man),
             }  # fmt: skip

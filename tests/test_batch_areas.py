@@ -241,3 +241,19 @@ def test_the_aois_own_warnings_are_said_once_and_kept_in_every_manifest(world, c
     assert err.count(note) == 1 and "outside the scene" not in err
     for stem in ("a", "b"):
         assert note in json.loads((out / f"{stem}.manifest.json").read_text())["warnings"]
+
+
+def test_the_python_api_takes_area_options_as_keywords(world):
+    from fiacli.app.api import Segmenter
+
+    scenes, aoi, tmp = world
+    frame = gpd.read_file(aoi)
+    frame["query"] = "red"
+    own = tmp / "own.gpkg"
+    frame.to_file(own)
+    result = Segmenter(Oracle()).segment_many([str(tmp / "in" / "*.tif")], [],
+                                              tmp / "out" / "{stem}.gpkg", aoi=own,
+                                              expression_field="query", chip=64,
+                                              overlap=16)  # fmt: skip
+    assert [r["status"] for r in result.rows] == ["done", "done", "skipped"]
+    assert result.payload["areas"]["expression_field"] == "query"

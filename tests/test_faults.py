@@ -344,6 +344,14 @@ CASES = [
          r"interrupted \(SIGHUP\)", process=True, send=signal.SIGHUP, delay=0.3, marks=()),
     Case("seg-sigint", seg("big.tif", "red", "-o", "o.tif"), 130, r"interrupted \(Ctrl-C\)",
          process=True, send=signal.SIGINT, delay=0.3, marks=()),
+    # many scenes (with areas of interest too): the same exit codes as one scene
+    Case("seg-many-sigterm", seg("big.tif", "s.tif", "-e", "red", "-o", "out/{stem}.tif"), 143,
+         r"interrupted \(SIGTERM\)", strict=False, process=True, send=signal.SIGTERM, delay=0.3,
+         wait_for="out/.*tmp-*", created=("out/",), marks=()),
+    Case("seg-many-aoi-sigterm", seg("big.tif", "s.tif", "-e", "red", "-o", "out/{stem}.tif",
+                                     "--bbox", "500010,4099800,500200,4099990"), 143,
+         r"interrupted \(SIGTERM\)", strict=False, process=True, send=signal.SIGTERM, delay=0.3,
+         wait_for="out/.*tmp-*", created=("out/",), marks=()),
     Case("seg-file-size-limit", seg("big.tif", "red", "-o", "o.tif", "--probabilities", "p.tif"),
          1, "disk full|file-size limit", process=True, fsize=30000, marks=()),
     # ---------------------------------------------------------------- parse

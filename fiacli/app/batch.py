@@ -46,13 +46,13 @@ from fiacli.app.scaleout import (
     plan_units,
     remove_tree,
     run_band,
-    sigterm_as_interrupt,
     split_supported,
 )
 from fiacli.app.segment_options import Outputs, SegmentOptions, clean_expressions, plan_outputs
 from fiacli.core.console import info, warn
 from fiacli.core.errors import FiacliError, UsageError
 from fiacli.core.io import atomic_output, refuse_overwriting_inputs
+from fiacli.core.signals import signals_as_interrupts
 
 if TYPE_CHECKING:
     from fiacli.app.areas import AreaOptions, AreaPlan
@@ -511,7 +511,7 @@ def segment_many(
     own_cluster = cluster is None
     cluster = cluster or Cluster.from_env()
     try:
-        with sigterm_as_interrupt():
+        with signals_as_interrupts():  # torchrun and schedulers stop ranks with SIGTERM
             run = _Run(jobs, names, texts, opts, bopts, model, model_info, cluster,
                        show_progress=show_progress, split_parts=split_parts,
                        areas=areas)  # fmt: skip

@@ -27,7 +27,6 @@ import hashlib
 import json
 import os
 import shutil
-import signal
 import threading
 import time
 import warnings
@@ -56,27 +55,6 @@ SPLIT_SAFE = {
 
 # --------------------------------------------------------------------------------------------
 # ranks
-
-
-class Interrupted(KeyboardInterrupt):
-    """SIGTERM (torchrun stopping the job, a scheduler's time limit) taken as Ctrl-C."""
-
-
-@contextlib.contextmanager
-def sigterm_as_interrupt() -> Iterator[None]:
-    """Turn SIGTERM into KeyboardInterrupt while the block runs (main thread only)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum: int, frame: Any) -> None:
-        raise Interrupted()
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 @dataclass
@@ -901,7 +879,6 @@ __all__ = [
     "merge_seams",
     "plan_units",
     "run_band",
-    "sigterm_as_interrupt",
     "split_bands",
     "split_supported",
 ]

@@ -24,6 +24,7 @@ from _oracle import Oracle, random_rgb, read, write_tif
 from fiacli.app.batch import BatchOptions, segment_many
 from fiacli.app.pipeline import segment_raster
 from fiacli.app.scaleout import grid_offsets, plan_units, split_bands
+from fiacli.core.signals import interrupt_exit_code
 
 pytestmark = pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning")
 
@@ -219,8 +220,8 @@ def _worker(rank: int, world: int, init: str, task: dict[str, Any], report: str)
                               model=Model(oracle), batch=BatchOptions(**task.get("batch", {})),
                               **task["options"])  # fmt: skip
         answer = ["ok", [r["status"] for r in result.rows], result.to_dict()]
-    except KeyboardInterrupt:
-        answer, code = ["interrupted", None, None], 130
+    except KeyboardInterrupt as exc:  # the exit code the command line gives it: 143 for SIGTERM
+        answer, code = ["interrupted", None, None], interrupt_exit_code(exc)
     except Exception as exc:
         answer, code = ["error", f"{type(exc).__name__}: {exc}", traceback.format_exc()], 1
     path.write_text(json.dumps(answer, default=str))
@@ -320,7 +321,7 @@ def test_ranks_given_different_inputs_fail_clearly_instead_of_hanging(tmp_path):
         assert "ranks disagree on the inputs" in answers[rank][1]
 
 
-def test_sigterm_on_every_rank_exits_130_and_leaves_no_part_file(tmp_path):
+def test_sigterm_on_every_rank_exits_143_and_leaves_no_part_file(tmp_path):
     big = write_tif(tmp_path / "big.tif", random_rgb(400, 200, seed=3))
     out = tmp_path / "out"
     out.mkdir()
@@ -328,5 +329,5 @@ def test_sigterm_on_every_rank_exits_130_and_leaves_no_part_file(tmp_path):
             "outputs": [str(out / "{stem}.tif"), str(out / "{stem}.gpkg")],
             "options": {"chip": 48, "overlap": 16}, "batch": {"split_scene": True}}  # fmt: skip
     codes, answers = run_ranks(tmp_path, task)
-    assert codes == [130, 130], answers
+    assert codes == [143, 143], answers
     assert sorted(os.listdir(out)) == []  # no output, no part file, no job folder

@@ -333,6 +333,8 @@ def test_options_that_do_not_fit_together_are_usage_errors():
         ({"crop": True}, "--crop needs"),
         ({"bbox": "0,0,1,1", "bbox_crs": "EPSG:nope"}, "unknown CRS"),
         ({"aoi": "a.gpkg", "keep_fields": "name,area_m2"}, "'area_m2'"),
+        ({"aoi": "a.gpkg", "keep_fields": "FID"}, "'FID'"),  # a GeoPackage's own column
+        ({"aoi": "a.gpkg", "keep_fields": "Pixels"}, "'Pixels'"),  # its names ignore case
         ({"aoi": "a.gpkg", "aoi_layr": "x"}, "unknown area option 'aoi_layr'"),
     ]:
         with pytest.raises(UsageError, match=message):

@@ -255,3 +255,75 @@ def test_a_segmenter_segments_many_scenes(tmp_path):
     assert all((tmp_path / "out" / f"{p.stem}.gpkg").exists() for p in paths)
     man = json.loads((tmp_path / "out" / "s0.manifest.json").read_text())
     assert man["model"] == model.model_info
+
+
+def test_parent_of_a_scene_in_the_working_folder_is_that_folder(tmp_path, monkeypatch):
+    """``{parent}`` of ``a.tif`` was empty, so ``-o '{parent}/{stem}.gpkg'`` wrote /a.gpkg."""
+    monkeypatch.chdir(tmp_path)
+    assert render("{parent}/{stem}.gpkg", "a.tif") == Path(f"{tmp_path.name}/a.gpkg")
+    assert render("o/{parent}/{stem}.gpkg", "s3://bucket/2021/a.tif") == Path("o/2021/a.gpkg")
+    with pytest.raises(UsageError, match=r"\{parent\} of /a.tif is empty"):
+        render("{parent}/{stem}.gpkg", "/a.tif")
+
+
+@pytest.mark.parametrize("which", ["list", "expressions", "scene"])
+def test_the_run_manifest_never_replaces_an_input(tmp_path, which):
+    paths = scenes(tmp_path / "in", SIZES[:1])
+    paths.append(write_tif(tmp_path / "in" / "scene.json", random_rgb(40, 40)))  # a GeoTIFF
+    paths.reverse()
+    listing = tmp_path / "in" / "list.json"
+    listing.write_text(f"{paths[1]}\n")
+    before = {p: p.read_bytes() for p in (*paths, listing)}
+    target = {"list": listing, "expressions": listing, "scene": paths[0]}[which]
+    batch = BatchOptions(run_manifest=target, input_list=listing if which == "list" else None)
+    with pytest.raises(UsageError, match="is the input"):
+        segment_many(paths[:1], "red", [tmp_path / "out" / "{stem}.gpkg"], model=Model(),
+                     batch=batch, inputs=[listing] if which == "expressions" else [])  # fmt: skip
+    assert {p: p.read_bytes() for p in before} == before
+    (tmp_path / "d.json").mkdir()
+    with pytest.raises(UsageError, match="is a folder"):
+        segment_many(paths[:1], "red", [tmp_path / "out" / "{stem}.gpkg"], model=Model(),
+                     batch=BatchOptions(run_manifest=tmp_path / "d.json"))  # fmt: skip
+
+
+def test_a_killed_fail_fast_runs_stop_request_does_not_stop_the_next_run(tmp_path, monkeypatch):
+    """A SIGKILLed --fail-fast run can leave its job folder with the stop request in it; the
+    same command run again must run every scene, not report them "not run"."""
+    from fiacli.app import batch as batch_module
+
+    paths = scenes(tmp_path / "in")
+    out = tmp_path / "out"
+    out.mkdir()
+    real = batch_module._Run.execute
+
+    def execute(self):  # what the killed run left: its job folder, with "stop" in it
+        folder = self.manifest_path.parent / f".fiacli-job-{self._digest()[:12]}"
+        folder.mkdir()
+        (folder / "stop").touch()
+        return real(self)
+
+    monkeypatch.setattr(batch_module._Run, "execute", execute)
+    result, _ = run(paths, out, batch=BatchOptions(fail_fast=True))
+    assert [r["status"] for r in result.rows] == ["done"] * 3
+    assert not list(out.glob(".fiacli-job-*"))
+
+
+def test_a_manifest_of_another_shape_is_not_taken_for_finished_work(tmp_path):
+    paths = scenes(tmp_path / "in", SIZES[:1])
+    out = tmp_path / "out"
+    out.mkdir()
+    run(paths, out)
+    man = out / "s0.manifest.json"
+    data = json.loads(man.read_text())
+    for broken in ({**data, "chips": "lots"}, {**data, "scene": "in/s0.tif"},
+                   {**data, "options": []}, {**data, "per_expression": ["x"]}):  # fmt: skip
+        man.write_text(json.dumps(broken))
+        result, _ = run(paths, out, overwrite=True)
+        assert [r["status"] for r in result.rows] == ["done"], broken
+
+
+def test_a_list_file_with_a_byte_order_mark(tmp_path):
+    paths = scenes(tmp_path / "in", SIZES[:1])
+    listing = tmp_path / "l.txt"
+    listing.write_text(f"{paths[0]}\n", encoding="utf-8-sig")
+    assert expand_scenes([], listing) == [str(paths[0])]

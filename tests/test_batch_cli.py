@@ -157,6 +157,15 @@ def test_an_aoi_over_many_scenes_runs_in_each_one_it_overlaps(run_cli, oracle, f
     assert not list((folder / "none").glob("t*"))
 
 
+def test_an_output_folder_with_a_dot_in_its_name(run_cli, oracle, folder):
+    """-o out.v2/ is a folder (the "/" says so), even before it exists."""
+    r = run_cli("segment", str(folder / "tiles" / "*.tif"), "-e", "red", "-m", "m",
+                "-o", str(folder / "out.v2") + "/", "--format", "gpkg")  # fmt: skip
+    assert r.exit_code == 0, r.stderr
+    assert sorted(p.name for p in (folder / "out.v2").glob("*.gpkg")) == [
+        "t0.gpkg", "t1.gpkg", "t2.gpkg"]  # fmt: skip
+
+
 def test_with_expression_field_every_positional_is_a_scene(run_cli, oracle, folder):
     """The features bring the expressions, so there is no -e: scenes the shell expanded from a
     glob must not be read as expressions (they were: only the first scene ran)."""

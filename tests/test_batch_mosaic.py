@@ -127,3 +127,23 @@ def test_tiles_that_do_not_fit_one_grid_are_refused_clearly(tmp_path):
         segment_many([a, other_crs], "red", [out / "m.gpkg"], model=Model(),
                      batch=BatchOptions(mosaic=True))  # fmt: skip
     assert not (out / "m.vrt").exists()
+
+
+def test_a_mosaic_vrt_that_exists_is_not_replaced_without_f(tmp_path):
+    rgb = random_rgb(100, 130, seed=3)
+    tiles = cut(rgb, tmp_path / "tiles", [50], [64])
+    out = tmp_path / "out"
+    out.mkdir()
+    mine = out / "mosaic.vrt"
+    mine.write_text("a file of the user's")
+    with pytest.raises(FiacliError, match="mosaic.vrt already exists; pass -f"):
+        segment_many(tiles, "red", [out / "{stem}.tif"], model=Model(),
+                     batch=BatchOptions(mosaic=True), chip=48, overlap=16)  # fmt: skip
+    assert mine.read_text() == "a file of the user's"
+    done = segment_many(tiles, "red", [out / "{stem}.tif"], model=Model(), overwrite=True,
+                        batch=BatchOptions(mosaic=True), chip=48, overlap=16)  # fmt: skip
+    assert [r["status"] for r in done.rows] == ["done"]
+    assert mine.read_text() != "a file of the user's"
+    again = segment_many(tiles, "red", [out / "{stem}.tif"], model=Model(),
+                         batch=BatchOptions(mosaic=True), chip=48, overlap=16)  # fmt: skip
+    assert [r["status"] for r in again.rows] == ["skipped"]  # its own VRT, unchanged: no -f

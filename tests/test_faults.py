@@ -351,7 +351,7 @@ CASES = [
     Case("seg-many-aoi-sigterm", seg("big.tif", "s.tif", "-e", "red", "-o", "out/{stem}.tif",
                                      "--bbox", "500010,4099800,500200,4099990"), 143,
          r"interrupted \(SIGTERM\)", strict=False, process=True, send=signal.SIGTERM, delay=0.3,
-         wait_for="out/.*tmp-*", created=("out/",), marks=()),
+         wait_for="out/.fiacli-areas-*", created=("out/",), marks=()),  # its scratch folder
     Case("seg-file-size-limit", seg("big.tif", "red", "-o", "o.tif", "--probabilities", "p.tif"),
          1, "disk full|file-size limit", process=True, fsize=30000, marks=()),
     # ---------------------------------------------------------------- parse

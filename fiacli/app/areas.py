@@ -162,7 +162,8 @@ class AreaOptions:
                     CRS.from_user_input(value)
                 except Exception:
                     raise UsageError(f"--{name.replace('_', '-')}: unknown CRS {value!r}") from None
-        clash = sorted(set(self.keep_fields) & set(RESERVED))
+        # GeoPackage column names ignore case, and its FID column is its own
+        clash = sorted(f for f in self.keep_fields if f.lower() in {*RESERVED, "fid"})
         if clash:
             raise UsageError(f"--keep-fields {clash[0]!r}: the output already has a column of "
                              "that name")  # fmt: skip

@@ -32,7 +32,7 @@ import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
 from fiacli import __version__
@@ -142,7 +142,7 @@ def expand_scenes(patterns: Sequence[PathLike], input_list: PathLike | None = No
     if input_list is not None:
         path = Path(input_list)
         try:
-            lines = path.read_text(encoding="utf-8").splitlines()
+            lines = path.read_text(encoding="utf-8-sig").splitlines()  # a BOM is no path
         except (OSError, UnicodeDecodeError) as exc:
             raise FiacliError(f"cannot read --input-list {path}: {exc}") from None
         entries = [ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
@@ -209,14 +209,18 @@ def render(template: PathLike, scene: str) -> Path:
     if not _is_template(text):
         return Path(text)
     name = scene.rstrip("/").rsplit("/", 1)[-1].split("?", 1)[0]
-    values = {"stem": Path(name).stem, "name": name,
-              "parent": Path(scene).parent.name if not _is_virtual(scene) else ""}  # fmt: skip
+    where = PurePosixPath(scene.split("?", 1)[0]) if _is_virtual(scene) else Path(
+        os.path.abspath(scene))  # fmt: skip
+    values = {"stem": Path(name).stem, "name": name, "parent": where.parent.name}
     try:
-        return Path(text.format_map(values))
+        path = Path(text.format_map(values))
     except (KeyError, ValueError, IndexError) as exc:
         raise UsageError(
             f"bad output template {text!r} ({exc}); use {{stem}}, {{name}} or {{parent}}"
         ) from None
+    if "{parent}" in text and not values["parent"]:  # '{parent}/x' would be /x
+        raise UsageError(f"{{parent}} of {scene} is empty; use {{stem}} or {{name}} in -o")
+    return path
 
 
 def output_templates(output: Sequence[PathLike] | None, batch: BatchOptions) -> list[str]:
@@ -295,12 +299,14 @@ def plan_jobs(scenes: Sequence[str], output: Sequence[PathLike] | None, options:
                     "use {stem}, {name} or {parent} in -o (or -o FOLDER/)"
                 )
             owners[key] = job.scene
-    refuse_overwriting_inputs(list(owners), [*scenes, *inputs])
     run_manifest = run_manifest_path(jobs, batch)
+    refuse_overwriting_inputs([*owners, run_manifest], [*scenes, *inputs])
     if run_manifest.resolve() in owners:
         raise UsageError(
             f"the run manifest {run_manifest} is also a scene's output; use --run-manifest"
         )
+    if run_manifest.is_dir():
+        raise UsageError(f"the run manifest {run_manifest} is a folder; give a .json file")
     _mkdir(run_manifest.parent if str(run_manifest.parent) else Path("."))
     return jobs
 
@@ -312,9 +318,11 @@ def write_mosaic(job: SceneJob) -> bool:
 
     xml, _ = mosaic_xml(job.tiles or [])
     path = Path(job.scene)
-    with contextlib.suppress(OSError):
+    with contextlib.suppress(OSError, UnicodeDecodeError):
         if path.read_text(encoding="utf-8") == xml:
             return False
+    if path.exists() and not job.options.overwrite:  # another file, or other tiles' VRT
+        raise FiacliError(f"{path} already exists; pass -f/--overwrite to replace it")
     write_vrt(path, xml)
     return True
 
@@ -380,7 +388,9 @@ def _matching_manifest(job: SceneJob, texts: list[str], model_info: Mapping[str,
         return None
     if not isinstance(data, dict) or data.get("command") != "segment":
         return None
-    if data.get("expressions") != bands or str(data.get("scene", {}).get("path")) != job.scene:
+    scene = data.get("scene")
+    if data.get("expressions") != bands or not isinstance(scene, dict) or str(
+            scene.get("path")) != job.scene:  # fmt: skip
         return None
     if model_key(data.get("model")) != _json_roundtrip(model_key(model_info)):
         return None
@@ -388,7 +398,9 @@ def _matching_manifest(job: SceneJob, texts: list[str], model_info: Mapping[str,
         return None
     expected = _json_roundtrip({**job.options.record(),
                                 **(areas.record() if areas is not None else {})})  # fmt: skip
-    recorded = data.get("options") or {}
+    recorded = data.get("options")
+    if not isinstance(recorded, dict):
+        return None
     for k, v in expected.items():
         if k in ("chip", "overlap") and v is None:
             continue  # the model's default: the same model gives the same value
@@ -397,10 +409,17 @@ def _matching_manifest(job: SceneJob, texts: list[str], model_info: Mapping[str,
     if areas is None and (recorded.get("aoi") is not None or recorded.get("bbox") is not None):
         return None  # the outputs of a run restricted to areas of interest
     if plan is not None:
-        got = [[r.get("id"), r.get("bounds"), r.get("expressions")]
-               for r in data.get("areas") or []]  # fmt: skip
+        recs = data.get("areas")
+        got = [[r.get("id"), r.get("bounds"), r.get("expressions")] if isinstance(r, dict)
+               else None for r in (recs if isinstance(recs, list) else [])]  # fmt: skip
         if got != _area_records(plan.areas, texts):
             return None
+    if not isinstance(data.get("chips", {}), dict) or not isinstance(
+            data.get("timings_s", {}), dict):  # fmt: skip
+        return None  # not a manifest this version wrote: redo the scene
+    per = data.get("per_expression", [])
+    if not isinstance(per, list) or not all(isinstance(p, dict) for p in per):
+        return None
     return data
 
 
@@ -444,6 +463,8 @@ class BatchResult:
         bad = [r for r in self.rows if r["status"] == "failed"]
         names = ", ".join(r["scene"] for r in bad[:10]) + (" …" if len(bad) > 10 else "")
         not_run = sum(r["status"] == "not run" for r in self.rows)
+        if not bad:
+            return f"{not_run} of {len(self.rows)} scene(s) not run (--fail-fast)"
         extra = f"; {not_run} not run (--fail-fast)" if not_run else ""
         return f"{len(bad)} of {len(self.rows)} scene(s) failed: {names}{extra}"
 
@@ -612,6 +633,9 @@ class _Run:
         digest = self._digest()
         cl.check_same(digest, "list of scenes, outputs or options")
         self.job_dir = self.manifest_path.parent / f".fiacli-job-{digest[:12]}"
+        if cl.is_main:  # a killed run's stop request is not this run's (ranks wait below)
+            with contextlib.suppress(OSError):
+                (self.job_dir / "stop").unlink()
         probes: list[dict[str, Any]] = []
         if cl.is_main:
             if len(self.jobs) > 1 and self.show:

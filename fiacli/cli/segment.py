@@ -161,8 +161,8 @@ def segment(
         bool,
         typer.Option("--demo", help="Segment the bundled synthetic demo scene (see above)."),
     ] = False,
-    output: Annotated[
-        list[Path] | None,
+    output: Annotated[  # str, not Path: a Path drops the "/" of -o FOLDER/
+        list[str] | None,
         typer.Option(
             "-o", "--output", help="Output by extension; repeatable. \\[default: SCENE.gpkg]"
         ),

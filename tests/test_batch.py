@@ -327,3 +327,26 @@ def test_a_list_file_with_a_byte_order_mark(tmp_path):
     listing = tmp_path / "l.txt"
     listing.write_text(f"{paths[0]}\n", encoding="utf-8-sig")
     assert expand_scenes([], listing) == [str(paths[0])]
+
+
+def test_job_folders_of_killed_runs_of_other_jobs_are_swept(tmp_path):
+    """SIGKILL leaves a run's hidden job folder; the next run in the folder removes those of
+    ended processes of this machine, and keeps one whose owner still runs."""
+    import subprocess
+    import sys
+
+    from fiacli.core.io import owner_tag
+
+    paths = scenes(tmp_path / "in", SIZES[:1])
+    out = tmp_path / "out"
+    out.mkdir()
+    machine = owner_tag().rsplit("-", 2)[0]
+    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                           capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
+    killed, running = out / ".fiacli-job-aaaaaaaaaaaa", out / ".fiacli-job-bbbbbbbbbbbb"
+    for folder, owner in ((killed, f"{machine}-{ended}-1"), (running, owner_tag())):
+        (folder / "00000").mkdir(parents=True)
+        (folder / f"owner-{owner}").touch()
+    result, _ = run(paths, out, texts=("blue",))  # another job
+    assert [r["status"] for r in result.rows] == ["done"]
+    assert not killed.exists() and running.exists()

@@ -51,7 +51,7 @@ from fiacli.app.scaleout import (
 from fiacli.app.segment_options import Outputs, SegmentOptions, clean_expressions, plan_outputs
 from fiacli.core.console import info, warn
 from fiacli.core.errors import FiacliError, UsageError
-from fiacli.core.io import atomic_output, refuse_overwriting_inputs
+from fiacli.core.io import atomic_output, dead_owner, owner_tag, refuse_overwriting_inputs
 from fiacli.core.signals import signals_as_interrupts
 
 if TYPE_CHECKING:
@@ -634,6 +634,7 @@ class _Run:
         cl.check_same(digest, "list of scenes, outputs or options")
         self.job_dir = self.manifest_path.parent / f".fiacli-job-{digest[:12]}"
         if cl.is_main:  # a killed run's stop request is not this run's (ranks wait below)
+            self._sweep_killed_jobs()
             with contextlib.suppress(OSError):
                 (self.job_dir / "stop").unlink()
         probes: list[dict[str, Any]] = []
@@ -695,6 +696,23 @@ class _Run:
                 warn("--split-scene: scenes with areas of interest are not split; one rank runs "
                      "each scene's areas")  # fmt: skip
 
+    def _sweep_killed_jobs(self) -> None:
+        """Remove the job folders that SIGKILLed runs of other jobs left beside the outputs:
+        those whose every owner was a process of this machine that has ended (a job running
+        now, or one run from another host, is never touched; this job's own folder is kept
+        for the parts it can reuse)."""
+        removed = 0
+        for folder in self.manifest_path.parent.glob(".fiacli-job-*"):
+            if folder == self.job_dir or not folder.is_dir():
+                continue
+            owners = [p.name.removeprefix("owner-") for p in folder.glob("owner-*")]
+            if owners and all(dead_owner(tag) for tag in owners):
+                remove_tree(folder)
+                removed += 1
+        if removed:
+            warn(f"removed {removed} job folder(s) that killed fiacli runs left in "
+                 f"{os.path.abspath(self.manifest_path.parent)}")  # fmt: skip
+
     def _remove_own(self, units: list[Any]) -> None:
         for unit in units:
             if unit.rank == self.cluster.rank and unit.band is not None:
@@ -754,6 +772,8 @@ class _Run:
 
         total = sum(unit_chips(u) for u in units)
         self.job_dir.mkdir(parents=True, exist_ok=True)
+        if cl.is_main:  # who runs it: a later run may sweep the folder once this process ended
+            (self.job_dir / f"owner-{owner_tag()}").touch()
         stop = self.job_dir / "stop"
         records: list[dict[str, Any]] = []
         busy = 0.0

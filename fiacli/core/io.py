@@ -234,6 +234,12 @@ def _dead(machine: str, pid: str, start: str) -> bool:
     return ticks is not None and int(start) != 0 and ticks != int(start)
 
 
+def dead_owner(tag: str) -> bool:
+    """Whether ``tag`` (an :func:`owner_tag`) names a process of this machine that has ended."""
+    match = re.fullmatch(_TAG, tag)
+    return match is not None and _dead(match["machine"], match["pid"], match["start"])
+
+
 def sweep_stale(folder: str | os.PathLike[str]) -> int:
     """Remove what killed fiacli processes left in ``folder`` (temporary files, scratch folders,
     polygon spools), once per folder and process; returns how many entries went."""

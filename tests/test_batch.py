@@ -284,6 +284,12 @@ def test_the_run_manifest_never_replaces_an_input(tmp_path, which):
     with pytest.raises(UsageError, match="is a folder"):
         segment_many(paths[:1], "red", [tmp_path / "out" / "{stem}.gpkg"], model=Model(),
                      batch=BatchOptions(run_manifest=tmp_path / "d.json"))  # fmt: skip
+    calls = []
+    with pytest.raises(FiacliError, match="not writable: /proc/self"):  # before the model
+        segment_many(paths[:1], "red", [tmp_path / "out" / "{stem}.gpkg"],
+                     model=lambda: calls.append(1), model_info={},
+                     batch=BatchOptions(run_manifest=Path("/proc/self/run.json")))  # fmt: skip
+    assert calls == []
 
 
 def test_a_killed_fail_fast_runs_stop_request_does_not_stop_the_next_run(tmp_path, monkeypatch):

@@ -51,7 +51,13 @@ from fiacli.app.scaleout import (
 from fiacli.app.segment_options import Outputs, SegmentOptions, clean_expressions, plan_outputs
 from fiacli.core.console import info, warn
 from fiacli.core.errors import FiacliError, UsageError
-from fiacli.core.io import atomic_output, dead_owner, owner_tag, refuse_overwriting_inputs
+from fiacli.core.io import (
+    atomic_output,
+    check_output_path,
+    dead_owner,
+    owner_tag,
+    refuse_overwriting_inputs,
+)
 from fiacli.core.signals import signals_as_interrupts
 
 if TYPE_CHECKING:
@@ -308,6 +314,7 @@ def plan_jobs(scenes: Sequence[str], output: Sequence[PathLike] | None, options:
     if run_manifest.is_dir():
         raise UsageError(f"the run manifest {run_manifest} is a folder; give a .json file")
     _mkdir(run_manifest.parent if str(run_manifest.parent) else Path("."))
+    check_output_path(run_manifest, overwrite=True)  # a folder that cannot be written: now
     return jobs
 
 

@@ -212,6 +212,17 @@ class AreaPlan:
         return [(w.height, w.width) for w in wins if w is not None]
 
 
+def area_texts(area: Area, expressions: Sequence[str]) -> list[str]:
+    """What one feature answers: its own expression (``expression_field``), then ``expressions``
+    (those every feature answers)."""
+    return ([area.expression] if area.expression is not None else []) + list(expressions)
+
+
+def area_bounds(area: Area) -> list[float]:
+    """A feature's bounds in the scene's CRS, as its manifest record lists them."""
+    return [round(v, 6) for v in area.geometry.bounds]
+
+
 def area_slots(area_options: AreaOptions, expressions: Sequence[str]) -> list[str]:
     """Band names of an AOI run's rasters, as its manifest lists them: one per expression every
     feature answers, after the features' own (``expression_field``) when they bring one."""
@@ -223,30 +234,23 @@ def area_slots(area_options: AreaOptions, expressions: Sequence[str]) -> list[st
 def estimated_chips(window_sizes: Sequence[tuple[int, int]], chip: int, overlap: int) -> int:
     """About how many chips the features of these windows take, for progress: one for a
     feature that fits the view, its window's chips for the others."""
-    from fiacli.geo.tiling import axis_offsets
+    from fiacli.app.scaleout import chips_of
 
-    total = 0
-    for h, w in window_sizes:
-        if max(h, w) <= FIT_FACTOR * chip:
-            total += 1
-        else:
-            total += len(axis_offsets(h, chip, overlap)) * len(axis_offsets(w, chip, overlap))
-    return total
+    return sum(1 if max(h, w) <= FIT_FACTOR * chip else chips_of(h, w, chip, overlap)
+               for h, w in window_sizes)  # fmt: skip
 
 
-def check_area_source(area_options: AreaOptions) -> list[str]:
+def check_area_source(area_options: AreaOptions) -> None:
     """Read the AOIs once, before a run over many scenes: what is wrong with them (the file does
     not open, has no CRS, ``--aoi-where`` selects nothing, an attribute is missing) fails the
-    run before any scene; returns their warnings (repaired geometries …)."""
+    run before any scene (their warnings come with each scene's plan)."""
     import geopandas as gpd
 
     a = area_options
     if not isinstance(a.aoi, (str, os.PathLike, gpd.GeoDataFrame, gpd.GeoSeries)):
-        return []  # --bbox, or shapely geometries (in each scene's CRS): checked with each scene
-    found = load_areas(a.aoi, scene_crs=None, layer=a.aoi_layer, where=a.aoi_where,
-                       aoi_crs=a.aoi_crs, expression_field=a.expression_field,
-                       keep_fields=a.keep_fields)  # fmt: skip
-    return found.notes
+        return  # --bbox, or shapely geometries (in each scene's CRS): checked with each scene
+    load_areas(a.aoi, scene_crs=None, layer=a.aoi_layer, where=a.aoi_where, aoi_crs=a.aoi_crs,
+               expression_field=a.expression_field, keep_fields=a.keep_fields)  # fmt: skip
 
 
 class NoAreaInScene(FiacliError):
@@ -299,16 +303,16 @@ def preflight_areas(
         crs, transform, width, height = probe.crs, probe.transform, probe.width, probe.height
     check_existing(outputs, overwrite=options.overwrite)
     a = area_options
-    key = crs.to_wkt()
-    found = None if loaded is None else loaded.get(key)
-    if found is None and a.bbox is not None:
-        found = bbox_area(a.bbox, scene_crs=crs, bbox_crs=a.bbox_crs)
-    elif found is None:
-        found = load_areas(a.aoi, scene_crs=crs, layer=a.aoi_layer, where=a.aoi_where,
-                           aoi_crs=a.aoi_crs, expression_field=a.expression_field,
-                           keep_fields=a.keep_fields)  # fmt: skip
-    if loaded is not None:
-        loaded[key] = found
+    found = None if loaded is None else loaded.get(crs.to_wkt())
+    if found is None:
+        if a.bbox is not None:
+            found = bbox_area(a.bbox, scene_crs=crs, bbox_crs=a.bbox_crs)
+        else:
+            found = load_areas(a.aoi, scene_crs=crs, layer=a.aoi_layer, where=a.aoi_where,
+                               aoi_crs=a.aoi_crs, expression_field=a.expression_field,
+                               keep_fields=a.keep_fields)  # fmt: skip
+        if loaded is not None:
+            loaded[crs.to_wkt()] = found
     kept, outside = clip_to_scene(found.areas, scene_footprint(transform, width, height))
     kept = [k for k in kept if pixel_window(k.geometry, transform, width, height) is not None]
     if not kept:
@@ -560,10 +564,6 @@ class _Runner:
             if not comp.ds.closed:
                 comp.ds.close()
 
-    def texts(self, area: Area) -> list[str]:
-        own = [area.expression] if area.expression is not None else []
-        return own + self.plan.expressions
-
     def run(self, k: int, lay: _Window) -> None:
         t0 = time.perf_counter()
         opts, area, scene = self.plan.options, lay.area, self.scene
@@ -588,7 +588,7 @@ class _Runner:
             no_overviews=lay.fits,
             source_masked=self.masked, coarse_mask=coarse,
         ), encoding="utf-8")  # fmt: skip
-        texts = self.texts(area)
+        texts = area_texts(area, self.plan.expressions)
         mask_path = folder / "mask.tif"
         prob_path = folder / "prob.tif" if "prob" in self.composites else None
         # GeoParquet: the quickest of the formats to write and read back (a GeoPackage costs
@@ -617,7 +617,7 @@ class _Runner:
                 "id": area.id,
                 "expressions": texts,
                 "fields": area.fields,
-                "bounds": [round(v, 6) for v in area.geometry.bounds],
+                "bounds": area_bounds(area),
                 "window": win.as_list(),
                 "picture": {
                     "mode": "one picture" if lay.fits else "scene of its own",
@@ -667,7 +667,7 @@ class _Runner:
                  to_scene: Affine) -> np.ndarray:  # fmt: skip
         """Bring the feature's results back to the scene grid, clip, merge; count foreground."""
         win, c = lay.window, lay.content
-        n = len(self.texts(lay.area))
+        n = len(area_texts(lay.area, self.plan.expressions))
         fg = np.zeros(n, np.int64)
         step = win.height if lay.fits else STRIP
         with rasterio.open(mask_path) as mds, contextlib.ExitStack() as stack:
@@ -815,7 +815,8 @@ class _Runner:
 
         from fiacli.geo.preview import write_scene_preview
 
-        texts = list(dict.fromkeys(t for a in self.plan.areas for t in self.texts(a)))
+        every = self.plan.expressions
+        texts = list(dict.fromkeys(t for a in self.plan.areas for t in area_texts(a, every)))
         if len(texts) <= 5:
             labels = texts
             frames = [frame[frame["expression"] == t] for t in texts]
@@ -856,7 +857,9 @@ __all__ = [
     "AreaPlan",
     "AreaResult",
     "NoAreaInScene",
+    "area_bounds",
     "area_slots",
+    "area_texts",
     "check_area_source",
     "estimated_chips",
     "preflight_areas",

@@ -369,11 +369,9 @@ def model_key(model_info: Mapping[str, Any] | None) -> dict[str, Any]:
 def _area_records(areas: Sequence[Any], texts: list[str]) -> list[Any]:
     """What an AOI run's manifest lists of each feature that identifies it: id, bounds in the
     scene's CRS, expressions (an edited AOI file or another GeoDataFrame changes them)."""
-    return _json_roundtrip([
-        [a.id, [round(v, 6) for v in a.geometry.bounds],
-         ([a.expression] if a.expression is not None else []) + texts]
-        for a in areas
-    ])  # fmt: skip
+    from fiacli.app.areas import area_bounds, area_texts
+
+    return _json_roundtrip([[a.id, area_bounds(a), area_texts(a, texts)] for a in areas])
 
 
 def _matching_manifest(job: SceneJob, texts: list[str], model_info: Mapping[str, Any] | None,

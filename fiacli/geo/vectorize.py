@@ -96,7 +96,8 @@ def _window_shapes(mask: np.ndarray, prob: np.ndarray, y0: int, first: bool) -> 
     its foreground is polygonised: the same polygons in the same order as the whole window
     (``tests/test_vectorize.py``), at a fraction of the cost for sparse masks (GDAL scans
     every pixel: a megapixel took 8 ms with one small object in it)."""
-    if not mask.any():  # most windows of a real mask: nothing to label
+    rows = np.flatnonzero(mask.any(axis=1))
+    if not len(rows):  # most windows of a real mask: nothing to label
         zero = np.zeros(mask.shape[1], np.int32)
         return _WindowShapes(y0, 0, np.zeros(1, np.int64), np.zeros(1), zero[:1], zero,
                              zero.copy(), np.empty(0, dtype=object), np.empty(0, np.int64),
@@ -112,7 +113,7 @@ def _window_shapes(mask: np.ndarray, prob: np.ndarray, y0: int, first: bool) -> 
     edge[top] = True
     edge[bottom] = True
     # GDAL scans every pixel: only the box around the foreground, with a pixel of margin
-    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    cols = np.flatnonzero(mask.any(axis=0))
     r0, r1 = max(int(rows[0]) - 1, 0), min(int(rows[-1]) + 2, mask.shape[0])
     c0, c1 = max(int(cols[0]) - 1, 0), min(int(cols[-1]) + 2, mask.shape[1])
     box, shifted = labels[r0:r1, c0:c1], Affine.translation(c0, y0 + r0)

@@ -140,7 +140,7 @@ def test_demo_under_torchrun_is_one_job_shared_by_the_ranks(run_cli, oracle, tmp
 
     calls = []
 
-    def batch_run(scenes, texts, params, batch):
+    def batch_run(scenes, texts, params, batch, areas):
         calls.append((scenes, texts))
 
     monkeypatch.setattr(fiacli.cli.segment, "_segment_batch", batch_run)

@@ -81,10 +81,9 @@ def _read_expressions(positional: list[str] | None, repeated: list[str] | None,
 
 
 def _segment_batch(scenes: list[str], texts: list[str], params: dict[str, Any],
-                   batch: Any) -> None:  # fmt: skip
+                   batch: Any, areas: Any) -> None:  # fmt: skip
     """Many scenes (fiacli.app.batch): a summary table; exit code 1 names the failed scenes."""
     from fiacli.app.api import load_model
-    from fiacli.app.areas import AreaOptions
     from fiacli.app.batch import run_command
     from fiacli.app.segment_options import SegmentOptions
     from fiacli.core.errors import FiacliError
@@ -97,7 +96,7 @@ def _segment_batch(scenes: list[str], texts: list[str], params: dict[str, Any],
         scenes, texts, params["output"], SegmentOptions.from_mapping(params), batch,
         model=params["model"], device=params["device"], precision=params["precision"],
         load=load, as_json=params["as_json"], inputs=[params["expressions_file"]],
-        areas=AreaOptions.from_mapping(params),
+        areas=areas,
     )  # fmt: skip
     if result.failed and result.rank == 0:  # the other ranks exit 0: torchrun then lets rank
         raise FiacliError(result.failure_line())  # 0 finish, and its line is the job's error
@@ -356,6 +355,8 @@ def segment(
             and not expression_field):  # fmt: skip
         raise UsageError(f"no expression given: {scene!r} is read as a scene; with --input-list, "
                          "give the expression with -e")  # fmt: skip
+    if not given and not expression_field:  # the AOIs may bring the expressions
+        given = _demo_expression(demo)
     if areas.active and batch.mosaic and not under_torchrun():  # AOIs over tiles: their mosaic
         from fiacli.app.batch import mosaic_scene
 
@@ -364,11 +365,8 @@ def segment(
         scene, output = job.scene, job.outputs
         params.update(probabilities=job.options.probabilities, preview=job.options.preview)
     elif scene is None or wants_batch(scenes, output, SegmentOptions.from_mapping(params), batch):
-        _segment_batch(scenes, given or ([] if expression_field else _demo_expression(demo)),
-                       params, batch)  # fmt: skip
+        _segment_batch(scenes, given, params, batch, areas)
         return
-    if not given and not expression_field:  # the AOIs may bring the expressions
-        given = _demo_expression(demo)
     options = SegmentOptions.from_mapping(params)
     outputs = list(output or [Path(Path(scene).stem + ".gpkg")])
     from fiacli.app.named_models import resolve_model

@@ -117,11 +117,11 @@ def test_pieces_that_are_not_a_seam_coverage_are_joined_by_an_overlay_union():
     do not touch) must still give their true union, not two polygons stacked."""
     from shapely.geometry import box
 
-    from fiacli.geo.vectorize import _union
+    from fiacli.geo.vectorize import join_pieces
 
-    overlapping = _union([box(0, 0, 4, 4), box(2, 2, 6, 6)])
+    overlapping = join_pieces([box(0, 0, 4, 4), box(2, 2, 6, 6)])
     assert overlapping.geom_type == "Polygon" and overlapping.area == 28
-    across_a_seam = _union([box(0, 0, 4, 2), box(1, 2, 3, 5)])
+    across_a_seam = join_pieces([box(0, 0, 4, 2), box(1, 2, 3, 5)])
     assert across_a_seam.area == 14 and shapely.get_num_coordinates(across_a_seam) == 9
 
 

@@ -680,7 +680,7 @@ def merge_seams(parts: Sequence[dict[str, Any]], n_bands: int) -> list[Any]:
     returns, per expression, the merged :class:`~fiacli.geo.vectorize.Regions`."""
     import shapely
 
-    from fiacli.geo.vectorize import Regions
+    from fiacli.geo.vectorize import Regions, join_pieces
 
     pieces: list[dict[str, Any]] = []
     per_part: list[list[int]] = []
@@ -703,7 +703,7 @@ def merge_seams(parts: Sequence[dict[str, Any]], n_bands: int) -> list[Any]:
     out = [Regions() for _ in range(n_bands)]
     for members in groups.values():  # in order of their first piece: top to bottom
         geoms = [shapely.from_wkb(bytes.fromhex(pieces[i]["wkb"])) for i in members]
-        geom = geoms[0] if len(geoms) == 1 else shapely.simplify(shapely.union_all(geoms), 0)
+        geom = geoms[0] if len(geoms) == 1 else join_pieces(geoms)
         regions = out[pieces[members[0]]["band"]]
         regions.geometries.append(geom)
         regions.pixels.append(sum(pieces[i]["pixels"] for i in members))

@@ -138,12 +138,13 @@ def _timed(clock: Any, fn: Any, *args: Any) -> Any:
             clock.add(busy=time.perf_counter() - t0, items=1)
 
 
-def _union(pieces: list[Any]) -> Any:
-    """One region from its pieces, which meet along window seams and never overlap (a
-    coverage): cut each piece's top and bottom edges at every pixel corner, so that the edges two
-    pieces share have the same vertices, and GEOS's coverage union drops them (3.6x faster than
-    an overlay union on a noisy orthophoto's mask, the same polygons). The collinear vertices
-    left along the seams go too, as GDAL never writes them."""
+def join_pieces(pieces: list[Any]) -> Any:
+    """One region from its pieces (pixel coordinates), cut from it by horizontal seams (of
+    windows, or of a split scene's bands): they meet along the seams and never overlap, a
+    coverage. Each piece's top and bottom edges are cut at every pixel corner, so that the edges
+    two pieces share have the same vertices, and GEOS's coverage union drops them (several times
+    faster than an overlay union on a noisy mask, the same polygon); the collinear vertices left
+    along the seams go too, as GDAL never writes them."""
     try:
         joined = shapely.coverage_union_all(_cut_seam_edges(pieces))
     except (shapely.errors.GEOSException, ValueError):  # not polygons, or not a coverage
@@ -280,8 +281,8 @@ class StreamingVectorizer:
             del self.parent[g]
         geom = region.pieces[0]
         if len(region.pieces) > 1:
-            geom = _union(region.pieces) if self.pool is None else (
-                self.pool.submit(_timed, self.clock, _union, region.pieces))  # fmt: skip
+            geom = join_pieces(region.pieces) if self.pool is None else (
+                self.pool.submit(_timed, self.clock, join_pieces, region.pieces))  # fmt: skip
         self._emit(geom, region.pixels, region.prob)
 
     def _emit(self, geom: Any, pixels: int, prob: float) -> None:

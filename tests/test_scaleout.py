@@ -192,14 +192,33 @@ def test_stretched_resampled_or_grey_scenes_split_exactly_too(tmp_path, case):
     assert man["scene"] == alone["scene"]  # size, grid, bands, stretch
 
 
-def test_scene_scope_keeps_a_scene_whole(tmp_path):
-    scene = write_tif(tmp_path / "s.tif", random_rgb(120, 90, seed=2))
-    out = tmp_path / "out"
+@pytest.mark.parametrize("parts", [2, 3])
+def test_a_split_scene_in_scene_scope_equals_the_whole_scene(tmp_path, parts):
+    """Every band is cut by the whole scene's coarse pass ("on the left" of the scene, not of
+    the band), so the split run's outputs are the unsplit run's."""
+    scene = scene_with_holes(tmp_path / "s.tif", 150, 230)
+    kw = dict(chip=48, overlap=16, scope="scene")
+    texts = ["red on the left", "blue on the left"]
+    one = tmp_path / "one"
+    one.mkdir()
+    alone = segment_raster(scene, texts, [one / "x.tif", one / "x.gpkg"],
+                           predictor=Oracle(radius=2), probabilities=one / "p.tif",
+                           **kw)  # fmt: skip
+    assert 0 < alone.chips["predicted"] < alone.chips["total"]  # the regions cut the run
+    out = tmp_path / "split"
     out.mkdir()
-    result = segment_many([scene], ["red"], [out / "x.tif"], model=Model(), chip=48, overlap=16,
-                          scope="scene", batch=BatchOptions(split_scene=True),
-                          split_parts=2)  # fmt: skip
-    assert result.rows[0]["status"] == "done" and "parts" not in result.rows[0]
+    result = segment_many([scene], texts, [out / "x.tif", out / "x.gpkg"], model=Model(),
+                          probabilities=out / "p.tif", batch=BatchOptions(split_scene=True),
+                          split_parts=parts, **kw)  # fmt: skip
+    row = result.rows[0]
+    assert row["status"] == "done" and row["parts"] == parts, row
+    assert_same_outputs(one, out)
+    man = json.loads((out / "x.manifest.json").read_text())
+    assert man["options"] == json.loads((one / "x.manifest.json").read_text())["options"]
+    assert man["options"]["effective_scope"] == "scene"
+    with rasterio.open(one / "x.tif") as ds:  # the left half of the scene, not of each band
+        red = ds.read(1)
+    assert (red[:, 140:] == 1).sum() == 0 and (red[:, :50] == 1).sum() > 100
 
 
 # --------------------------------------------------------------------------------------------
@@ -304,6 +323,26 @@ def test_two_ranks_give_what_one_process_gives_for_a_split_scene_and_a_list(tmp_
         one, two = tmp_path / "one" / f"{stem}.gpkg", tmp_path / "two" / f"{stem}.gpkg"
         assert polygons(one) == polygons(two)
     assert not list((tmp_path / "two").glob(".*"))
+
+
+def test_two_ranks_cut_a_split_scene_in_scene_scope_by_rank_0s_coarse_pass(tmp_path):
+    scene = scene_with_holes(tmp_path / "s.tif", 150, 230)
+    texts = ["red on the left"]
+    options = dict(chip=48, overlap=16, scope="scene")
+    one = tmp_path / "one"
+    one.mkdir()
+    segment_raster(scene, texts, [one / "x.tif", one / "x.gpkg"], predictor=Oracle(radius=2),
+                   **options)  # fmt: skip
+    out = tmp_path / "two"
+    out.mkdir()
+    task = {"scenes": [str(scene)], "texts": texts, "options": options,
+            "outputs": [str(out / "x.tif"), str(out / "x.gpkg")],
+            "batch": {"split_scene": True}}  # fmt: skip
+    codes, answers = run_ranks(tmp_path, task)
+    assert codes == [0, 0], answers
+    assert answers[0][2]["scenes"][0]["rank"] == [0, 1]
+    assert np.array_equal(read(one / "x.tif"), read(out / "x.tif"))
+    assert polygons(one / "x.gpkg") == polygons(out / "x.gpkg")
 
 
 def test_ranks_given_different_inputs_fail_clearly_instead_of_hanging(tmp_path):

@@ -776,6 +776,7 @@ class _Run:
             return chips_of(h, w, chip, overlap)
 
         total = sum(unit_chips(u) for u in units)
+        coarse = self._coarse_passes(units, seg.predictor)
         self.job_dir.mkdir(parents=True, exist_ok=True)
         if cl.is_main:  # who runs it: a later run may sweep the folder once this process ended
             (self.job_dir / f"owner-{owner_tag()}").touch()
@@ -815,6 +816,9 @@ class _Run:
                     else:
                         h, w = probes[unit.job]["height"], probes[unit.job]["width"]
                         plan = plan_outputs(job.outputs, job.options)  # existing files: now
+                        regions = coarse.get(unit.job)
+                        if isinstance(regions, str):  # the coarse pass failed on rank 0
+                            raise FiacliError(regions)
                         rec = run_band(
                             job.scene, self.texts, job.options, unit.band, height=h, width=w,
                             chip=chip, overlap=overlap,
@@ -822,6 +826,7 @@ class _Run:
                             model_info=self.model_info,
                             vectors=bool(plan.vectors) or plan.preview is not None,
                             probabilities=plan.probabilities is not None,
+                            regions=regions,
                         )  # fmt: skip
                         records.append({**base, "status": "part", "part": rec})
                 except KeyboardInterrupt:
@@ -840,6 +845,35 @@ class _Run:
                 busy += seconds
                 progress.unit_done(unit_chips(unit))
         return records, busy, units
+
+    def _coarse_passes(self, units: list[Any], predictor: Any) -> dict[int, Any]:
+        """``--scope scene`` on split scenes: the coarse pass over each whole scene, made once
+        on rank 0 and sent to every rank, so that every band of a scene is cut by one region.
+        Per job: its regions (None: the scopes coincide), or why the pass failed."""
+        from fiacli.app.pipeline import SceneRegion, scene_regions
+
+        jobs = sorted({u.job for u in units if u.band is not None
+                       and self.jobs[u.job].options.scope == "scene"})  # fmt: skip
+        if not jobs:
+            return {}
+        found: dict[str, Any] | None = None
+        if self.cluster.is_main:
+            found = {}
+            for j in jobs:
+                job = self.jobs[j]
+                try:
+                    regions = scene_regions(job.scene, self.texts, job.options,
+                                            predictor=predictor)  # fmt: skip
+                except KeyboardInterrupt:
+                    raise
+                except Exception as exc:
+                    found[str(j)] = f"the coarse pass of --scope scene: {describe_error(exc)}"
+                    continue
+                found[str(j)] = None if regions is None else [r.to_json() for r in regions]
+        found = self.cluster.broadcast(found, what="the coarse pass of --scope scene")
+        assert found is not None
+        return {int(j): v if v is None or isinstance(v, str) else
+                [SceneRegion.from_json(r) for r in v] for j, v in found.items()}  # fmt: skip
 
     def _rows(
         self, probes: list[dict[str, Any]], per_rank: list[list[dict[str, Any]]]

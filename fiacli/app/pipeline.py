@@ -49,7 +49,7 @@ import os
 import queue
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -148,14 +148,28 @@ class SceneRegion:
     mask: np.ndarray  # (h, w) bool over the whole scene
     height: int
     width: int
+    row0: int = 0  # the scene row of the grid's first row (a band of a split scene: not 0)
 
     def _index(self, start: int, n: int, size: int, coarse: int) -> np.ndarray:
         return np.minimum(((start + np.arange(n) + 0.5) * coarse / size).astype(int), coarse - 1)
 
     def window(self, chip: ChipWindow) -> np.ndarray:
-        rows = self._index(chip.y, chip.height, self.height, self.mask.shape[0])
+        rows = self._index(self.row0 + chip.y, chip.height, self.height, self.mask.shape[0])
         cols = self._index(chip.x, chip.width, self.width, self.mask.shape[1])
         return self.mask[np.ix_(rows, cols)]
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-able (ranks exchange JSON): the mask's bits in hex."""
+        bits = np.packbits(self.mask).tobytes().hex()
+        return {"shape": list(self.mask.shape), "bits": bits, "height": self.height,
+                "width": self.width, "row0": self.row0}  # fmt: skip
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> SceneRegion:
+        h, w = data["shape"]
+        bits = np.frombuffer(bytes.fromhex(data["bits"]), np.uint8)
+        mask = np.unpackbits(bits, count=h * w).reshape(h, w).astype(bool)
+        return cls(mask, int(data["height"]), int(data["width"]), int(data["row0"]))
 
 
 def coarse_regions(
@@ -249,6 +263,41 @@ def _disk_error(exc: BaseException) -> bool:
     return "no space left" in text or "disk is full" in text  # GDAL, SQLite (a GeoPackage)
 
 
+def scene_regions(
+    src: str | os.PathLike[str],
+    expressions: Sequence[str],
+    options: SegmentOptions,
+    *,
+    predictor: ChipPredictor,
+) -> list[SceneRegion] | None:
+    """The coarse pass of ``scope="scene"`` over the whole scene ``src``, one region per
+    expression, for :func:`segment_raster`'s ``regions`` (the bands of a split scene are cut by
+    the whole scene's region); None where it does not apply: chip scope, a scene of one chip."""
+    if options.scope != "scene":
+        return None
+    with _opened(src, options) as scene:
+        grid = _grid(scene, options, predictor)
+        if len(grid) <= 1:
+            return None
+        return coarse_regions(scene, predictor, expressions, grid.chip, options.threshold)
+
+
+@contextlib.contextmanager
+def _opened(src: str | os.PathLike[str], opts: SegmentOptions) -> Iterator[Scene]:
+    """The scene as the model sees it, in GDAL's settings for the run."""
+    env = {} if "GDAL_CACHEMAX" in os.environ else {"GDAL_CACHEMAX": GDAL_CACHE_BYTES}
+    scene_args = {"bands": opts.bands, "resolution": opts.resolution,
+                  "allow_ungeoreferenced": opts.allow_ungeoreferenced}  # fmt: skip
+    with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True, **env), open_scene(src, **scene_args) as scene:
+        yield scene
+
+
+def _grid(scene: Scene, opts: SegmentOptions, predictor: ChipPredictor) -> ChipGrid:
+    size = int(opts.chip or predictor.image_size)
+    overlap = opts.overlap if opts.overlap is not None else round(size * OVERLAP_SHARE)
+    return ChipGrid(scene.height, scene.width, size, overlap)
+
+
 def segment_raster(
     src: str | os.PathLike[str],
     expressions: str | Sequence[str],
@@ -258,6 +307,7 @@ def segment_raster(
     predictor: ChipPredictor,
     model_info: dict[str, Any] | None = None,
     show_progress: bool = False,
+    regions: Sequence[SceneRegion] | None = None,
     **changes: Any,
 ) -> SegmentResult:
     """Segment ``expressions`` in the scene ``src`` and write ``output`` (by extension).
@@ -269,7 +319,8 @@ def segment_raster(
     ``options`` (:class:`~fiacli.app.segment_options.SegmentOptions`) and keyword ``changes`` to
     it (``chip=``, ``scope=`` …; an unknown name is an error) say how; ``scope`` is ``"chip"`` or
     ``"scene"`` (see the module docstring). A file appears under its final name only when
-    complete; a failure or Ctrl-C leaves nothing behind.
+    complete; a failure or Ctrl-C leaves nothing behind. ``regions``: the scene-scope coarse
+    pass already made (:func:`scene_regions`), instead of one over ``src`` itself.
     """
     t_start = time.perf_counter()
     _return_freed_memory()
@@ -277,22 +328,18 @@ def segment_raster(
     plan = preflight(src, expressions, output, opts)
     texts, outs = plan.expressions, plan.outputs
     timings: dict[str, float] = {}
-    env = {} if "GDAL_CACHEMAX" in os.environ else {"GDAL_CACHEMAX": GDAL_CACHE_BYTES}
     t0 = time.perf_counter()
-    scene_args = {"bands": opts.bands, "resolution": opts.resolution,
-                  "allow_ungeoreferenced": opts.allow_ungeoreferenced}  # fmt: skip
-    with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True, **env), open_scene(src, **scene_args) as scene:
+    with _opened(src, opts) as scene:
         for note in scene.warnings:
             warn(note)
         if scene.read_guard is not None:  # damaged windows: fail naming them, or nodata
             scene.read_guard.on_error = opts.on_read_error
-        size = int(opts.chip or predictor.image_size)
-        overlap = opts.overlap if opts.overlap is not None else round(size * OVERLAP_SHARE)
-        grid = ChipGrid(scene.height, scene.width, size, overlap)
+        grid = _grid(scene, opts, predictor)
         timings["open"] = time.perf_counter() - t0
         try:
             return _run(scene, grid, texts, outs, predictor, opts, timings, t_start,
-                        model_info=model_info, show_progress=show_progress)  # fmt: skip
+                        model_info=model_info, show_progress=show_progress,
+                        given_regions=regions)  # fmt: skip
         except (FiacliError, KeyboardInterrupt):
             raise
         except Exception as exc:
@@ -305,14 +352,16 @@ def segment_raster(
 
 def _run(scene: Scene, grid: ChipGrid, texts: list[str], outs: Outputs,
          predictor: ChipPredictor, opts: SegmentOptions, timings: dict[str, float],
-         t_start: float, *, model_info: dict[str, Any] | None,
-         show_progress: bool) -> SegmentResult:  # fmt: skip
+         t_start: float, *, model_info: dict[str, Any] | None, show_progress: bool,
+         given_regions: Sequence[SceneRegion] | None) -> SegmentResult:  # fmt: skip
     """The streaming pass and the writing of every output (inside their atomic contexts)."""
     n_bands = len(texts)
     scope = opts.scope if len(grid) > 1 else "chip"  # one chip: the two scopes coincide
     t0 = time.perf_counter()
     regions: list[SceneRegion | None] = [None] * n_bands
-    if scope == "scene":
+    if given_regions is not None:  # a band of a split scene: the whole scene's coarse pass
+        scope, regions = "scene", list(given_regions)
+    elif scope == "scene":
         regions = list(coarse_regions(scene, predictor, texts, grid.chip, opts.threshold))
     timings["coarse_pass"] = time.perf_counter() - t0
     t0 = time.perf_counter()

@@ -407,8 +407,6 @@ def split_supported(options: Any, dtype: str) -> str | None:
     (non-uint8 scenes and ``--resolution`` are split too, through :func:`materialize`)."""
     from dataclasses import fields
 
-    if options.scope == "scene":
-        return "--scope scene looks at the whole scene at once"
     for f in fields(options):
         if f.name not in SPLIT_SAFE and getattr(options, f.name) != f.default:
             return f"--{f.name.replace('_', '-')} is not supported on split scenes"
@@ -496,8 +494,13 @@ def run_band(
     model_info: dict[str, Any] | None,
     vectors: bool,
     probabilities: bool,
+    regions: list[Any] | None = None,
 ) -> dict[str, Any]:
-    """Segment one band and vectorise its own rows; returns its record (also in part-K.json)."""
+    """Segment one band and vectorise its own rows; returns its record (also in part-K.json).
+    ``regions``: in scene scope, the whole scene's coarse pass (``pipeline.scene_regions``),
+    which cuts every band the same way."""
+    from dataclasses import replace
+
     import rasterio
     import shapely
 
@@ -526,12 +529,16 @@ def run_band(
         changes = {"bands": None, "resolution": None, "allow_ungeoreferenced": True}
     else:  # the pixels as they are: a window of the file is enough
         vrt = write_vrt(stem.with_suffix(".vrt"), window_xml(scene, r0, r1 - r0))
+    if regions is None:  # chip scope, or a scene of one chip (where the scopes coincide)
+        changes["scope"] = "chip"
+    else:
+        regions = [replace(region, row0=r0) for region in regions]
     part_options = SegmentOptions.build(
         options, chip=chip, overlap=overlap, probabilities=prob_path, preview=None, cog=False,
         min_area=0.0, simplify=0.0, dst_crs=None, overwrite=True, manifest=False, **changes,
     )  # fmt: skip
     result = segment_raster(vrt, texts, [mask_path], part_options, predictor=predictor,
-                            model_info=model_info)  # fmt: skip
+                            model_info=model_info, regions=regions)  # fmt: skip
     t_vec = time.perf_counter()
     y0, y1 = band.own
     n_bands = len(texts)
@@ -822,7 +829,7 @@ def assemble(
         chips["halo"] = int(sum(p["chips"]["total"] for p in parts)) - chips["total"]
         foreground = np.sum([p["foreground"] for p in parts], axis=0)
         record = options.record()
-        record.update(chip=chip, overlap=overlap, effective_scope="chip")
+        record.update(chip=chip, overlap=overlap, effective_scope=options.scope)
         result = SegmentResult(
             scene={**sc.describe(), "valid_pixels": int(sum(p["valid_pixels"] for p in parts))},
             expressions=texts,

@@ -13,6 +13,7 @@ from affine import Affine
 from rasterio.crs import CRS
 from scipy import ndimage
 
+from fiacli.geo import vectorize
 from fiacli.geo.vectorize import (
     PolygonWriter,
     RowOpening,
@@ -59,9 +60,12 @@ def ring_with_diagonal_hole() -> np.ndarray:
     return m
 
 
+@pytest.mark.parametrize("join", ["coverage", "overlay"])
 @pytest.mark.parametrize("name", sorted(MASKS) + ["ring"])
 @pytest.mark.parametrize("rows", [1, 2, 3, 7, 64, 1000])
-def test_windowed_equals_whole_scene(name, rows):
+def test_windowed_equals_whole_scene(name, rows, join, monkeypatch):
+    """Whichever way regions cut by the window seams are joined (by size: forced here)."""
+    monkeypatch.setattr(vectorize, "COVERAGE_UNION_VERTICES", 0 if join == "coverage" else 2**62)
     mask = ring_with_diagonal_hole() if name == "ring" else MASKS[name]
     prob = np.full(mask.shape, 200, np.uint8)
     regions = vectorize_array(mask, prob, window_rows=rows)
@@ -112,12 +116,14 @@ def test_a_window_polygonises_only_its_foreground_box_with_the_same_result(kind)
         assert got.pixels.tolist() == np.bincount(labels[mask], minlength=n + 1).tolist()
 
 
-def test_pieces_that_are_not_a_seam_coverage_are_joined_by_an_overlay_union():
+def test_pieces_that_are_not_a_seam_coverage_are_joined_by_an_overlay_union(monkeypatch):
     """The coverage union assumes pieces that only meet along seams; pieces that overlap (or
     do not touch) must still give their true union, not two polygons stacked."""
     from shapely.geometry import box
 
     from fiacli.geo.vectorize import join_pieces
+
+    monkeypatch.setattr(vectorize, "COVERAGE_UNION_VERTICES", 0)  # these are tiny
 
     overlapping = join_pieces([box(0, 0, 4, 4), box(2, 2, 6, 6)])
     assert overlapping.geom_type == "Polygon" and overlapping.area == 28

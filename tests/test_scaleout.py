@@ -24,6 +24,7 @@ from _oracle import Oracle, random_rgb, read, write_tif
 from fiacli.app.batch import BatchOptions, segment_many
 from fiacli.app.pipeline import segment_raster
 from fiacli.app.scaleout import grid_offsets, plan_units, split_bands
+from fiacli.app.segment_options import SegmentOptions
 from fiacli.core.signals import interrupt_exit_code
 
 pytestmark = pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning")
@@ -219,6 +220,19 @@ def test_a_split_scene_in_scene_scope_equals_the_whole_scene(tmp_path, parts):
     with rasterio.open(one / "x.tif") as ds:  # the left half of the scene, not of each band
         red = ds.read(1)
     assert (red[:, 140:] == 1).sum() == 0 and (red[:, :50] == 1).sum() > 100
+
+
+def test_a_coarse_pass_given_with_chip_scope_is_refused(tmp_path):
+    from fiacli.app.pipeline import SceneRegion, scene_regions
+    from fiacli.core.errors import UsageError
+
+    scene = write_tif(tmp_path / "s.tif", random_rgb(120, 90, seed=2))
+    assert scene_regions(scene, ["red"], SegmentOptions(chip=48), predictor=Oracle()) is None
+    region = SceneRegion(np.ones((4, 3), bool), 120, 90)
+    with pytest.raises(UsageError, match="scope='scene'"):
+        segment_raster(scene, "red", tmp_path / "x.tif", predictor=Oracle(), chip=48,
+                       regions=[region])  # fmt: skip
+    assert not list(tmp_path.glob("x*"))
 
 
 # --------------------------------------------------------------------------------------------

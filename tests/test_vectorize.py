@@ -116,19 +116,31 @@ def test_a_window_polygonises_only_its_foreground_box_with_the_same_result(kind)
         assert got.pixels.tolist() == np.bincount(labels[mask], minlength=n + 1).tolist()
 
 
-def test_pieces_that_are_not_a_seam_coverage_are_joined_by_an_overlay_union(monkeypatch):
-    """The coverage union assumes pieces that only meet along seams; pieces that overlap (or
-    do not touch) must still give their true union, not two polygons stacked."""
+def test_pieces_joined_across_a_seam_and_the_overlay_fallbacks(monkeypatch):
+    """The coverage path joins pieces that meet along a seam; pieces that do not touch (no one
+    polygon), and long straight seam edges (a uniform region: a vertex per pixel of width), go
+    to the overlay union instead, with the same result."""
     from shapely.geometry import box
 
     from fiacli.geo.vectorize import join_pieces
 
     monkeypatch.setattr(vectorize, "COVERAGE_UNION_VERTICES", 0)  # these are tiny
+    refused: list[bool] = []  # per call of the coverage path: whether it declined the cut
+    real_cut = vectorize._cut_seam_edges
 
-    overlapping = join_pieces([box(0, 0, 4, 4), box(2, 2, 6, 6)])
-    assert overlapping.geom_type == "Polygon" and overlapping.area == 28
+    def cut(pieces, most):
+        out = real_cut(pieces, most)
+        refused.append(out is None)
+        return out
+
+    monkeypatch.setattr(vectorize, "_cut_seam_edges", cut)
     across_a_seam = join_pieces([box(0, 0, 4, 2), box(1, 2, 3, 5)])
     assert across_a_seam.area == 14 and shapely.get_num_coordinates(across_a_seam) == 9
+    apart = join_pieces([box(0, 0, 4, 2), box(6, 2, 8, 5)])
+    assert apart.geom_type == "MultiPolygon" and apart.area == 14
+    wide = [box(0, 0, 10_000, 2), box(0, 2, 10_000, 4)]  # 10 vertices, 40,000 after cutting
+    assert shapely.equals(join_pieces(wide), box(0, 0, 10_000, 4))
+    assert refused == [False, False, True]
 
 
 def test_nodata_and_background_make_no_polygons():

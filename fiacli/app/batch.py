@@ -826,7 +826,7 @@ class _Run:
                             model_info=self.model_info,
                             vectors=bool(plan.vectors) or plan.preview is not None,
                             probabilities=plan.probabilities is not None,
-                            regions=regions,
+                            coarse=regions,
                         )  # fmt: skip
                         records.append({**base, "status": "part", "part": rec})
                 except KeyboardInterrupt:

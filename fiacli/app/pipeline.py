@@ -276,6 +276,8 @@ def scene_regions(
     if options.scope != "scene":
         return None
     with _opened(src, options) as scene:
+        if scene.read_guard is not None:
+            scene.read_guard.on_error = options.on_read_error
         grid = _grid(scene, options, predictor)
         if len(grid) <= 1:
             return None
@@ -325,6 +327,8 @@ def segment_raster(
     t_start = time.perf_counter()
     _return_freed_memory()
     opts = SegmentOptions.build(options, **changes)
+    if regions is not None and opts.scope != "scene":
+        raise UsageError("regions= are the coarse pass of scope='scene'; pass scope='scene'")
     plan = preflight(src, expressions, output, opts)
     texts, outs = plan.expressions, plan.outputs
     timings: dict[str, float] = {}

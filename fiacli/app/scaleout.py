@@ -494,10 +494,10 @@ def run_band(
     model_info: dict[str, Any] | None,
     vectors: bool,
     probabilities: bool,
-    regions: list[Any] | None = None,
+    coarse: list[Any] | None = None,
 ) -> dict[str, Any]:
     """Segment one band and vectorise its own rows; returns its record (also in part-K.json).
-    ``regions``: in scene scope, the whole scene's coarse pass (``pipeline.scene_regions``),
+    ``coarse``: in scene scope, the whole scene's coarse pass (``pipeline.scene_regions``),
     which cuts every band the same way."""
     from dataclasses import replace
 
@@ -529,16 +529,17 @@ def run_band(
         changes = {"bands": None, "resolution": None, "allow_ungeoreferenced": True}
     else:  # the pixels as they are: a window of the file is enough
         vrt = write_vrt(stem.with_suffix(".vrt"), window_xml(scene, r0, r1 - r0))
-    if regions is None:  # chip scope, or a scene of one chip (where the scopes coincide)
+    band_regions = None
+    if coarse is None:  # chip scope, or a scene of one chip (where the scopes coincide)
         changes["scope"] = "chip"
     else:
-        regions = [replace(region, row0=r0) for region in regions]
+        band_regions = [replace(region, row0=r0) for region in coarse]
     part_options = SegmentOptions.build(
         options, chip=chip, overlap=overlap, probabilities=prob_path, preview=None, cog=False,
         min_area=0.0, simplify=0.0, dst_crs=None, overwrite=True, manifest=False, **changes,
     )  # fmt: skip
     result = segment_raster(vrt, texts, [mask_path], part_options, predictor=predictor,
-                            model_info=model_info, regions=regions)  # fmt: skip
+                            model_info=model_info, regions=band_regions)  # fmt: skip
     t_vec = time.perf_counter()
     y0, y1 = band.own
     n_bands = len(texts)

@@ -45,8 +45,11 @@ FOUR = ndimage.generate_binary_structure(2, 1)
 SPOOL_VERTICES = 200_000
 COPY_FEATURES = 2_000
 # Regions with fewer vertices than this are joined by an overlay union: the coverage union's
-# fixed costs (about 0.25 ms) make it the slower one below about 200 vertices.
+# fixed costs (about 0.25 ms) make it the slower one below a few hundred vertices.
 COVERAGE_UNION_VERTICES = 256
+# Nor when cutting the seam edges would add more vertices than this many times the region's own:
+# long straight seam edges (a uniform region: water, fields) would add one per pixel of width.
+SEAM_CUT_GROWTH = 2.0
 
 
 @dataclass
@@ -148,12 +151,15 @@ def join_pieces(pieces: list[Any]) -> Any:
     coverage. Each piece's top and bottom edges are cut at every pixel corner, so that the edges
     two pieces share have the same vertices, and GEOS's coverage union drops them (several times
     faster than an overlay union on a noisy mask, the same polygon); the collinear vertices left
-    along the seams go too, as GDAL never writes them. Small regions take an overlay union,
-    quicker below :data:`COVERAGE_UNION_VERTICES` (the coverage path has fixed costs)."""
-    if int(shapely.get_num_coordinates(pieces).sum()) < COVERAGE_UNION_VERTICES:
+    along the seams go too, as GDAL never writes them. An overlay union joins the rest: small
+    regions (below :data:`COVERAGE_UNION_VERTICES`: the coverage path has fixed costs), and
+    regions whose seam edges are long and straight (:data:`SEAM_CUT_GROWTH`)."""
+    vertices = int(shapely.get_num_coordinates(pieces).sum())
+    if vertices < COVERAGE_UNION_VERTICES:
         return _overlay_union(pieces)
     try:
-        joined = shapely.coverage_union_all(_cut_seam_edges(pieces))
+        cut = _cut_seam_edges(pieces, most=int(vertices * (1 + SEAM_CUT_GROWTH)))
+        joined = None if cut is None else shapely.coverage_union_all(cut)
     except (shapely.errors.GEOSException, ValueError):  # not polygons, or not a coverage
         joined = None
     if joined is None or joined.geom_type != "Polygon":  # pieces that overlap or do not touch
@@ -166,9 +172,10 @@ def _overlay_union(pieces: list[Any]) -> Any:
     return shapely.simplify(shapely.union_all(pieces), 0)
 
 
-def _cut_seam_edges(pieces: list[Any]) -> Any:
+def _cut_seam_edges(pieces: list[Any], most: int) -> Any:
     """The pieces with a vertex at every integer x along their horizontal edges at their top
-    and bottom rows, the only edges a piece can share with another window's piece."""
+    and bottom rows, the only edges a piece can share with another window's piece; None when
+    that would make more than ``most`` vertices (checked before any is made)."""
     kind, xy, (rings, polys) = shapely.to_ragged_array(pieces)
     if kind != shapely.GeometryType.POLYGON:
         raise ValueError("not polygons")
@@ -182,6 +189,8 @@ def _cut_seam_edges(pieces: list[Any]) -> Any:
     flat = np.append(y[1:] == y[:-1], False)
     seam = starts_edge & flat & ((y == bounds[:, 1]) | (y == bounds[:, 3])) & (np.abs(dx) > 1)
     count = np.where(seam, np.abs(dx).astype(np.int64), 1)
+    if int(count.sum()) > most:
+        return None
     out = np.repeat(xy, count, axis=0)
     first = np.repeat(np.cumsum(count) - count, count)
     out[:, 0] += np.repeat(np.sign(dx), count) * (np.arange(len(out)) - first)
@@ -191,7 +200,8 @@ def _cut_seam_edges(pieces: list[Any]) -> Any:
 
 def _drop_collinear(polygon: Any) -> Any:
     """``polygon`` without the vertices that lie on a straight line between their neighbours
-    (exact: pixel coordinates are integers); each ring closes on its first vertex kept."""
+    (exact: pixel coordinates are integers); each ring closes on its first vertex kept. GEOS's
+    output repeats no vertex (this would drop both copies of one)."""
     kind, xy, offsets = shapely.to_ragged_array([polygon])
     rings = offsets[0]
     ring_of_vertex = np.repeat(np.arange(len(rings) - 1), np.diff(rings))

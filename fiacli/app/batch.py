@@ -750,13 +750,11 @@ class _Run:
     def _work(self, todo: list[SceneJob], probes: list[dict[str, Any]],
               seg: Any) -> tuple[list[dict[str, Any]], float, list[Any]]:  # fmt: skip
         from fiacli.app.areas import estimated_chips, run_areas
-        from fiacli.app.pipeline import OVERLAP_SHARE, segment_raster
+        from fiacli.app.pipeline import chip_and_overlap, segment_raster
 
         cl = self.cluster
         predictor = RunPredictor(seg.predictor)
-        chip = int(self.options.chip or predictor.image_size)
-        overlap = self.options.overlap
-        overlap = int(overlap if overlap is not None else round(chip * OVERLAP_SHARE))
+        chip, overlap = chip_and_overlap(self.options, predictor)
         self.grid = (chip, overlap)
         sizes = [(j.index, probes[j.index]["height"], probes[j.index]["width"]) for j in todo]
         if self.areas is not None:  # balanced by the pixels of the areas' windows

@@ -276,8 +276,6 @@ def scene_regions(
     if options.scope != "scene":
         return None
     with _opened(src, options) as scene:
-        if scene.read_guard is not None:
-            scene.read_guard.on_error = options.on_read_error
         grid = _grid(scene, options, predictor)
         if len(grid) <= 1:
             return None
@@ -286,18 +284,27 @@ def scene_regions(
 
 @contextlib.contextmanager
 def _opened(src: str | os.PathLike[str], opts: SegmentOptions) -> Iterator[Scene]:
-    """The scene as the model sees it, in GDAL's settings for the run."""
+    """The scene as the model sees it, in GDAL's settings for the run, its damaged windows
+    handled as ``--on-read-error`` says (fail naming them, or nodata)."""
     env = {} if "GDAL_CACHEMAX" in os.environ else {"GDAL_CACHEMAX": GDAL_CACHE_BYTES}
     scene_args = {"bands": opts.bands, "resolution": opts.resolution,
                   "allow_ungeoreferenced": opts.allow_ungeoreferenced}  # fmt: skip
     with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True, **env), open_scene(src, **scene_args) as scene:
+        if scene.read_guard is not None:
+            scene.read_guard.on_error = opts.on_read_error
         yield scene
 
 
-def _grid(scene: Scene, opts: SegmentOptions, predictor: ChipPredictor) -> ChipGrid:
+def chip_and_overlap(opts: SegmentOptions, predictor: ChipPredictor) -> tuple[int, int]:
+    """``--chip`` (default: the model's own image size) and ``--overlap`` (default: a fifth of
+    the chip) in pixels."""
     size = int(opts.chip or predictor.image_size)
     overlap = opts.overlap if opts.overlap is not None else round(size * OVERLAP_SHARE)
-    return ChipGrid(scene.height, scene.width, size, overlap)
+    return size, int(overlap)
+
+
+def _grid(scene: Scene, opts: SegmentOptions, predictor: ChipPredictor) -> ChipGrid:
+    return ChipGrid(scene.height, scene.width, *chip_and_overlap(opts, predictor))
 
 
 def segment_raster(
@@ -336,8 +343,6 @@ def segment_raster(
     with _opened(src, opts) as scene:
         for note in scene.warnings:
             warn(note)
-        if scene.read_guard is not None:  # damaged windows: fail naming them, or nodata
-            scene.read_guard.on_error = opts.on_read_error
         grid = _grid(scene, opts, predictor)
         timings["open"] = time.perf_counter() - t0
         try:

@@ -222,6 +222,61 @@ def test_a_split_scene_in_scene_scope_equals_the_whole_scene(tmp_path, parts):
     assert (red[:, 140:] == 1).sum() == 0 and (red[:, :50] == 1).sum() > 100
 
 
+def test_a_resumed_split_scene_in_scene_scope_reuses_its_parts_without_a_coarse_pass(
+    tmp_path, monkeypatch
+):
+    """A killed run (here: its cleanup skipped) leaves every part; the next run of the job
+    reuses them and makes no coarse pass, and its outputs are still the unsplit run's. A part
+    that vanishes after that decision fails its band with a reason, not a chip-scope part."""
+    import fiacli.app.batch as batch
+    import fiacli.app.pipeline as pipeline
+
+    scene = scene_with_holes(tmp_path / "s.tif", 150, 230)
+    kw = dict(chip=48, overlap=16, scope="scene")
+    texts = ["red on the left"]
+    one = tmp_path / "one"
+    one.mkdir()
+    segment_raster(scene, texts, [one / "x.tif", one / "x.gpkg"], predictor=Oracle(radius=2),
+                   probabilities=one / "p.tif", **kw)  # fmt: skip
+    out = tmp_path / "split"
+    out.mkdir()
+    outputs = [out / "x.tif", out / "x.gpkg"]
+    run = dict(model=Model(), probabilities=out / "p.tif", batch=BatchOptions(split_scene=True),
+               split_parts=3, **kw)  # fmt: skip
+    monkeypatch.setattr(batch, "remove_tree", lambda path: None)  # as if SIGKILLed at the end
+    assert segment_many([scene], texts, outputs, **run).rows[0]["status"] == "done"
+    for f in out.iterdir():
+        if f.is_file():
+            f.unlink()
+    passes = []
+    real = pipeline.scene_regions
+    monkeypatch.setattr(
+        pipeline, "scene_regions", lambda *a, **k: passes.append(1) or real(*a, **k)
+    )
+    result = segment_many([scene], texts, outputs, **run)
+    assert result.rows[0]["status"] == "done", result.rows
+    assert passes == []  # every part was reused
+    assert_same_outputs(one, out)
+
+    for f in out.iterdir():
+        if f.is_file():
+            f.unlink()
+    real_reusable = batch.reusable_part
+    folder = next(out.glob(".fiacli-job-*")) / "00000"
+
+    def vanishing(*a, **k):  # reusable when the run decides, gone when the band runs
+        found = real_reusable(*a, **k)
+        if a[1].index == 1:
+            (folder / "part-001.json").unlink(missing_ok=True)
+        return found
+
+    monkeypatch.setattr(batch, "reusable_part", vanishing)
+    result = segment_many([scene], texts, outputs, **run)
+    assert result.rows[0]["status"] == "failed"
+    assert "part 1 of" in result.rows[0]["error"] and "run the job again" in result.rows[0]["error"]
+    assert passes == [] and not (out / "x.tif").exists()
+
+
 def test_a_coarse_pass_given_with_chip_scope_is_refused(tmp_path):
     from fiacli.app.pipeline import SceneRegion, scene_regions
     from fiacli.core.errors import UsageError
@@ -339,24 +394,30 @@ def test_two_ranks_give_what_one_process_gives_for_a_split_scene_and_a_list(tmp_
     assert not list((tmp_path / "two").glob(".*"))
 
 
-def test_two_ranks_cut_a_split_scene_in_scene_scope_by_rank_0s_coarse_pass(tmp_path):
-    scene = scene_with_holes(tmp_path / "s.tif", 150, 230)
+def test_two_ranks_cut_split_scenes_in_scene_scope_by_one_coarse_pass_each(tmp_path):
+    """Two split scenes: their coarse passes are spread over the ranks (rank 1 makes the
+    second) and every band of a scene is cut by its scene's pass."""
+    scenes = [scene_with_holes(tmp_path / f"s{i}.tif", 150, 230, seed=i) for i in (1, 2)]
     texts = ["red on the left"]
     options = dict(chip=48, overlap=16, scope="scene")
     one = tmp_path / "one"
     one.mkdir()
-    segment_raster(scene, texts, [one / "x.tif", one / "x.gpkg"], predictor=Oracle(radius=2),
-                   **options)  # fmt: skip
+    for scene in scenes:
+        segment_raster(scene, texts, [one / f"{scene.stem}.tif", one / f"{scene.stem}.gpkg"],
+                       predictor=Oracle(radius=2), **options)  # fmt: skip
     out = tmp_path / "two"
     out.mkdir()
-    task = {"scenes": [str(scene)], "texts": texts, "options": options,
-            "outputs": [str(out / "x.tif"), str(out / "x.gpkg")],
+    task = {"scenes": [str(s) for s in scenes], "texts": texts, "options": options,
+            "outputs": [str(out / "{stem}.tif"), str(out / "{stem}.gpkg")],
             "batch": {"split_scene": True}}  # fmt: skip
     codes, answers = run_ranks(tmp_path, task)
     assert codes == [0, 0], answers
-    assert answers[0][2]["scenes"][0]["rank"] == [0, 1]
-    assert np.array_equal(read(one / "x.tif"), read(out / "x.tif"))
-    assert polygons(one / "x.gpkg") == polygons(out / "x.gpkg")
+    assert [r["rank"] for r in answers[0][2]["scenes"]] == [[0, 1], [0, 1]]
+    for scene in scenes:
+        for suffix in (".tif", ".gpkg"):
+            a, b = one / f"{scene.stem}{suffix}", out / f"{scene.stem}{suffix}"
+            assert (np.array_equal(read(a), read(b)) if suffix == ".tif"
+                    else polygons(a) == polygons(b)), (scene.stem, suffix)  # fmt: skip
 
 
 def test_ranks_given_different_inputs_fail_clearly_instead_of_hanging(tmp_path):

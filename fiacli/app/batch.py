@@ -43,8 +43,10 @@ from fiacli.app.scaleout import (
     assemble,
     chips_of,
     describe_error,
+    part_key,
     plan_units,
     remove_tree,
+    reusable_part,
     run_band,
     split_supported,
 )
@@ -69,6 +71,7 @@ FIELDS = ("stem", "name", "parent")
 FORMATS = ("gpkg", "geojson", "parquet", "shp", "fgb", "tif")
 RUN_MANIFEST = "fiacli-run.json"
 MOSAIC_STEM = "mosaic"
+_REUSE_ONLY = object()  # a split scene's coarse pass skipped: its parts are all reusable
 
 
 @dataclass(frozen=True)
@@ -813,18 +816,18 @@ class _Run:
                         records.append({**base, "status": "done", "result": result.to_dict()})
                     else:
                         h, w = probes[unit.job]["height"], probes[unit.job]["width"]
-                        plan = plan_outputs(job.outputs, job.options)  # existing files: now
+                        vectors, probabilities = self._band_kinds(job)  # existing files: now
                         regions = coarse.get(unit.job)
-                        if isinstance(regions, str):  # the coarse pass failed on rank 0
+                        if isinstance(regions, str):  # the coarse pass failed
                             raise FiacliError(regions)
                         rec = run_band(
                             job.scene, self.texts, job.options, unit.band, height=h, width=w,
                             chip=chip, overlap=overlap,
                             folder=self.job_dir / f"{unit.job:05d}", predictor=predictor,
-                            model_info=self.model_info,
-                            vectors=bool(plan.vectors) or plan.preview is not None,
-                            probabilities=plan.probabilities is not None,
-                            coarse=regions,
+                            model_info=self.model_info, vectors=vectors,
+                            probabilities=probabilities,
+                            coarse=None if regions is _REUSE_ONLY else regions,
+                            reuse_only=regions is _REUSE_ONLY,
                         )  # fmt: skip
                         records.append({**base, "status": "part", "part": rec})
                 except KeyboardInterrupt:
@@ -846,32 +849,59 @@ class _Run:
 
     def _coarse_passes(self, units: list[Any], predictor: Any) -> dict[int, Any]:
         """``--scope scene`` on split scenes: the coarse pass over each whole scene, made once
-        on rank 0 and sent to every rank, so that every band of a scene is cut by one region.
-        Per job: its regions (None: the scopes coincide), or why the pass failed."""
+        and sent to every rank, so that every band of a scene is cut by one region. The scenes'
+        passes are spread over the ranks; a scene whose every part a killed run left reusable
+        needs none. Per job: its regions (None: the scopes coincide), why the pass failed, or
+        :data:`_REUSE_ONLY`."""
         from fiacli.app.pipeline import SceneRegion, scene_regions
 
         jobs = sorted({u.job for u in units if u.band is not None
                        and self.jobs[u.job].options.scope == "scene"})  # fmt: skip
         if not jobs:
             return {}
-        found: dict[str, Any] | None = None
-        if self.cluster.is_main:
-            found = {}
-            for j in jobs:
-                job = self.jobs[j]
-                try:
-                    regions = scene_regions(job.scene, self.texts, job.options,
-                                            predictor=predictor)  # fmt: skip
-                except KeyboardInterrupt:
-                    raise
-                except Exception as exc:
-                    found[str(j)] = f"the coarse pass of --scope scene: {describe_error(exc)}"
-                    continue
-                found[str(j)] = None if regions is None else [r.to_json() for r in regions]
-        found = self.cluster.broadcast(found, what="the coarse pass of --scope scene")
-        assert found is not None
-        return {int(j): v if v is None or isinstance(v, str) else
-                [SceneRegion.from_json(r) for r in v] for j, v in found.items()}  # fmt: skip
+        cl = self.cluster
+        reused = [j for j in jobs if cl.is_main and self._parts_reusable(j, units)]
+        reused = cl.broadcast(reused, what="the coarse pass of --scope scene")  # one decision
+        need = [j for j in jobs if j not in reused]
+        found: dict[str, Any] = {}
+        for j in need[cl.rank :: cl.world]:
+            job = self.jobs[j]
+            try:
+                regions = scene_regions(job.scene, self.texts, job.options, predictor=predictor)
+            except KeyboardInterrupt:
+                raise
+            except Exception as exc:
+                found[str(j)] = f"the coarse pass of --scope scene: {describe_error(exc)}"
+                continue
+            found[str(j)] = None if regions is None else [r.to_json() for r in regions]
+        for part in cl.gather(found, what="the coarse pass of --scope scene"):
+            found.update(part)
+        passes: dict[int, Any] = dict.fromkeys(reused, _REUSE_ONLY)
+        for j, v in found.items():
+            passes[int(j)] = v if v is None or isinstance(v, str) else [
+                SceneRegion.from_json(r) for r in v]  # fmt: skip
+        return passes
+
+    def _band_kinds(self, job: SceneJob) -> tuple[bool, bool]:
+        """What a part of ``job`` holds besides the mask: (vectors, probabilities)."""
+        plan = plan_outputs(job.outputs, job.options)
+        return bool(plan.vectors) or plan.preview is not None, plan.probabilities is not None
+
+    def _parts_reusable(self, j: int, units: list[Any]) -> bool:
+        """Every band of job ``j`` has a part a killed run of this job left reusable."""
+        job = self.jobs[j]
+        try:
+            vectors, probabilities = self._band_kinds(job)
+        except FiacliError:
+            return False
+        chip, overlap = self.grid
+        folder = self.job_dir / f"{j:05d}"
+        return all(
+            reusable_part(folder, u.band, part_key(job.scene, self.texts, job.options, u.band,
+                                                   chip, overlap, self.model_info, vectors,
+                                                   probabilities)) is not None
+            for u in units if u.job == j
+        )  # fmt: skip
 
     def _rows(
         self, probes: list[dict[str, Any]], per_rank: list[list[dict[str, Any]]]

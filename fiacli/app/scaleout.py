@@ -495,10 +495,12 @@ def run_band(
     vectors: bool,
     probabilities: bool,
     coarse: list[Any] | None = None,
+    reuse_only: bool = False,
 ) -> dict[str, Any]:
     """Segment one band and vectorise its own rows; returns its record (also in part-K.json).
     ``coarse``: in scene scope, the whole scene's coarse pass (``pipeline.scene_regions``),
-    which cuts every band the same way."""
+    which cuts every band the same way. ``reuse_only``: the caller skipped that pass because
+    every part of the scene was reusable, so this one must be."""
     from dataclasses import replace
 
     import rasterio
@@ -513,13 +515,15 @@ def run_band(
     folder.mkdir(parents=True, exist_ok=True)
     k = band.index
     stem = folder / f"part-{k:03d}"
-    record_path = stem.with_suffix(".json")
-    key = _part_key(scene, texts, options, band, chip, overlap, model_info, vectors, probabilities)
-    with contextlib.suppress(OSError, ValueError, KeyError):
-        old = json.loads(record_path.read_text())
-        if old["key"] == key and all(Path(p).exists() for p in old["files"].values() if p):
-            old["reused"] = True
-            return old
+    key = part_key(scene, texts, options, band, chip, overlap, model_info, vectors, probabilities)
+    old = reusable_part(folder, band, key)
+    if old is not None:
+        return old
+    if reuse_only:
+        raise FiacliError(
+            f"part {k} of {scene} was removed or changed after this run "
+            "found it reusable; run the job again"
+        )
     r0, r1 = band.read
     mask_path = Path(f"{stem}.mask.tif")
     prob_path = Path(f"{stem}.prob.tif") if (vectors or probabilities) else None
@@ -632,19 +636,32 @@ def run_band(
         "timings_s": {**result.timings_s, "own_rows": round(time.perf_counter() - t_vec, 4)},
         "seconds": round(time.perf_counter() - t_start, 4),
     }
+    record_path = stem.with_suffix(".json")
     tmp = record_path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(record))
     os.replace(tmp, record_path)
     return record
 
 
-def _part_key(scene: str, texts: list[str], options: Any, band: Band, chip: int, overlap: int,
-              model_info: dict[str, Any] | None, vectors: bool,
-              probabilities: bool) -> str:  # fmt: skip
+def part_key(scene: str, texts: list[str], options: Any, band: Band, chip: int, overlap: int,
+             model_info: dict[str, Any] | None, vectors: bool,
+             probabilities: bool) -> str:  # fmt: skip
+    """What a band's part was made from: a part whose record has this key can be reused."""
     model = {k: v for k, v in (model_info or {}).items() if k != "device"}
     payload = [scene, texts, options.record(), band.read, band.own, chip, overlap, model,
                vectors, probabilities]  # fmt: skip
     return hashlib.sha256(json.dumps(payload, default=str).encode()).hexdigest()[:16]
+
+
+def reusable_part(folder: Path, band: Band, key: str) -> dict[str, Any] | None:
+    """The record of ``band``'s part in ``folder`` when a run (killed before it could clean
+    up) made it with the same ``key`` and its files are all there; else None."""
+    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+        old = json.loads((folder / f"part-{band.index:03d}.json").read_text())
+        if old["key"] == key and all(Path(p).exists() for p in old["files"].values() if p):
+            old["reused"] = True
+            return old
+    return None
 
 
 # --------------------------------------------------------------------------------------------
@@ -885,7 +902,9 @@ __all__ = [
     "Unit",
     "assemble",
     "merge_seams",
+    "part_key",
     "plan_units",
+    "reusable_part",
     "run_band",
     "split_bands",
     "split_supported",

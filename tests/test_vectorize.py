@@ -307,6 +307,36 @@ def test_spooled_polygons_without_a_crs_have_null_areas_as_in_memory(tmp_path, s
         assert column.null_count == len(column)
 
 
+def test_spooling_polygons_does_not_load_pandas(tmp_path):
+    """The spool's batches are built from numpy buffers: ``pa.array`` would import pandas,
+    whose ~50 MB then stayed in a large run, with every stage's buffers live, from its first
+    spooled batch on."""
+    import subprocess
+    import sys
+
+    code = f"""
+import sys
+import numpy as np
+from scipy import ndimage
+from affine import Affine
+from rasterio.crs import CRS
+from fiacli.geo.vectorize import PolygonWriter
+mask = (ndimage.uniform_filter(np.random.default_rng(5).random((300, 70)), 4) > 0.55)
+mask = mask.astype(np.uint8)
+t = Affine(0.5, 0, 500000, 0, -0.5, 4_000_000)
+with PolygonWriter(70, ["a"], {str(tmp_path)!r}, transform=t, crs=CRS.from_epsg(32633),
+                   batch_vertices=100, window_pixels=1) as writer:
+    for y in range(0, 300, 10):
+        writer.add_rows(0, mask[y : y + 10], np.full_like(mask[y : y + 10], 200))
+    writer.finish()
+    assert writer.spooled > 30, writer.spooled
+    print("pandas" in sys.modules, "geopandas" in sys.modules)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout  # fmt: skip
+    assert out.split() == ["False", "False"]
+
+
 def test_polygon_spool_is_removed_when_interrupted(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         write_polygons(

@@ -548,15 +548,51 @@ def _spool_schema() -> Any:
 
 def regions_to_batch(regions: Regions, *, crs: Any, **options: Any) -> Any:
     """:func:`regions_to_frame`'s table as an Arrow record batch, the geometry as WKB: what
-    the spool holds, built without pandas or geopandas (whose ~70 MB then stay out of a run
-    until it writes its outputs)."""
+    the spool holds. Built from numpy buffers, without pandas or geopandas: ``pa.array`` itself
+    imports pandas to inspect its argument, and its ~50 MB then stayed in a large run from its
+    first spooled batch on, while every stage's buffers were live."""
     import pyarrow as pa
 
     geoms, columns = _columns(regions, crs=crs, **options)
-    # no CRS: the areas are NaN, written as nulls (as geopandas does; GeoJSON drops NaN)
-    columns["area_m2"] = pa.array(columns["area_m2"], pa.float64(), from_pandas=True)
-    columns["geometry"] = shapely.to_wkb(geoms)
-    return pa.RecordBatch.from_pydict(columns, schema=_spool_schema())
+    wkb = list(shapely.to_wkb(geoms))
+    arrays = [
+        _binary_array(pa.string(), [options["expression"].encode()] * len(wkb)),
+        _numeric_array(columns["area_m2"]),  # no CRS: NaN, written as nulls
+        _numeric_array(columns["pixels"]),
+        _numeric_array(columns["mean_prob"]),
+        _binary_array(pa.binary(), wkb),
+    ]
+    return pa.RecordBatch.from_arrays(arrays, schema=_spool_schema())
+
+
+def _numeric_array(values: np.ndarray) -> Any:
+    """An Arrow array over ``values``' own buffer (NaN -> null, as geopandas writes it)."""
+    import pyarrow as pa
+
+    values = np.ascontiguousarray(values)
+    validity = None
+    if values.dtype.kind == "f" and np.isnan(values).any():
+        validity = pa.py_buffer(np.packbits(~np.isnan(values), bitorder="little"))
+    kind = pa.from_numpy_dtype(values.dtype)
+    return pa.Array.from_buffers(kind, len(values), [validity, pa.py_buffer(values)])
+
+
+def _binary_array(kind: Any, items: list[bytes]) -> Any:
+    """A string or binary Arrow array of ``items``, which total under 2 GiB (32-bit offsets,
+    as ``pa.array`` makes them; a spool batch is bounded by :data:`SPOOL_VERTICES`)."""
+    import pyarrow as pa
+
+    offsets = np.zeros(len(items) + 1, np.int64)
+    np.cumsum(np.fromiter(map(len, items), np.int64, len(items)), out=offsets[1:])
+    if offsets[-1] >= 2**31:
+        raise FiacliError(
+            f"{len(items)} polygons with {offsets[-1] / 2**30:.1f} GiB of geometry in one batch: "
+            "too large to write (a 2 GiB limit); write a raster instead, or split the scene"
+        )
+    data = pa.py_buffer(b"".join(items))
+    return pa.Array.from_buffers(
+        kind, len(items), [None, pa.py_buffer(offsets.astype(np.int32)), data]
+    )
 
 
 def write_vectors(frame: Any, path: str | os.PathLike[str], *, dst_crs: Any = None) -> None:

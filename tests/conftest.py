@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +16,15 @@ SHARED = REPO.parent / "shared"
 # Tests never touch a model hub: a missing offline asset must fail fast, not hang on the network.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+# The signal tests need the signals at their usual dispositions. fiacli leaves an ignored signal
+# ignored (as `nohup` asks for SIGHUP), and a suite started by `nohup` or as a background job of
+# a script inherits SIGHUP or SIGINT ignored, and passes it to every child; give them back.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+for _sig in (signal.SIGHUP, signal.SIGTERM):
+    if signal.getsignal(_sig) == signal.SIG_IGN:
+        signal.signal(_sig, signal.SIG_DFL)
 
 
 def shared_path(*parts: str) -> Path:

@@ -10,8 +10,8 @@ absolute times; the load average is printed alongside.
 * overhead: end-to-end ``segment_raster`` time / pure model time on the same chips, same process
   (target <= 1.05); model time = encoding the expression once + predicting every chip. Three
   rounds (``--pairs``) of a pure and an end-to-end run, in turn pure first and end-to-end first
-  (so that a load drifting within the pairs cancels), the ratio taken within each round and the
-  median kept, so a load that drifts between rounds cancels too. Also printed: end-to-end
+  (so that neither always runs in the other's wake), the ratio taken within each round and the
+  median kept, so a load that drifts between rounds cancels. Also printed: end-to-end
   time / the model time measured inside that same run (immune to load changes between runs)
   and process CPU time (all threads; note torch's OpenMP threads spin while waiting, so it
   too grows with load).
@@ -169,7 +169,7 @@ def bench_overhead(size: int, kind: str, folder: Path, repeats: int = 3,
         internal.append(e2es[-1] / inside)
         return result
 
-    for i in range(repeats):  # pairs in turn pure-first and e2e-first: a drift cancels
+    for i in range(repeats):  # pairs in turn pure-first and e2e-first
         if i % 2:
             result = end_to_end()
         wall, cpu = pure()
@@ -186,7 +186,7 @@ def bench_overhead(size: int, kind: str, folder: Path, repeats: int = 3,
         "overhead_ratio_median_of_pairs": round(float(np.median(np.divide(e2es, pures))), 3),
         "overhead_ratio_fastest_over_fastest": round(min(e2es) / min(pures), 3),
         "cpu_time_ratio_median_of_pairs": round(float(np.median(np.divide(cpu_e2e, cpu_pure))), 3),
-        "cpu_s_pure_then_end_to_end": [
+        "cpu_s_pure_and_end_to_end": [
             [round(a, 1), round(b, 1)] for a, b in zip(cpu_pure, cpu_e2e, strict=True)
         ],  # fmt: skip
         "end_to_end_over_model_time_in_same_run": [round(r, 3) for r in internal],

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,15 +16,6 @@ SHARED = REPO.parent / "shared"
 # Tests never touch a model hub: a missing offline asset must fail fast, not hang on the network.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-
-# The signal tests need the signals at their usual dispositions. fiacli leaves an ignored signal
-# ignored (as `nohup` asks for SIGHUP), and a suite started by `nohup` or as a background job of
-# a script inherits SIGHUP or SIGINT ignored, and passes it to every child; give them back.
-if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-for _sig in (signal.SIGHUP, signal.SIGTERM):
-    if signal.getsignal(_sig) == signal.SIG_IGN:
-        signal.signal(_sig, signal.SIG_DFL)
 
 
 def shared_path(*parts: str) -> Path:
@@ -101,3 +92,25 @@ def data(tmp_path_factory):
     from train_helpers import make_synth
 
     return make_synth(tmp_path_factory.mktemp("synth") / "data")
+
+
+@pytest.fixture
+def usual_signals() -> Iterator[None]:
+    """SIGINT, SIGHUP and SIGTERM at their usual dispositions for one test, and its children.
+
+    fiacli leaves an ignored signal ignored (as ``nohup`` asks for SIGHUP), and a suite started
+    by ``nohup`` or as a script's background job inherits SIGHUP or SIGINT ignored; the signal
+    tests need them delivered. Put back afterwards, so ``nohup pytest`` still outlives a hangup
+    between them."""
+    usual = {signal.SIGINT: signal.default_int_handler, signal.SIGHUP: signal.SIG_DFL,
+             signal.SIGTERM: signal.SIG_DFL}  # fmt: skip
+    inherited = {sig: signal.getsignal(sig) for sig in usual}
+    for sig, handler in usual.items():
+        if inherited[sig] == signal.SIG_IGN:
+            signal.signal(sig, handler)
+    try:
+        yield
+    finally:
+        for sig, handler in inherited.items():
+            if handler == signal.SIG_IGN:
+                signal.signal(sig, handler)

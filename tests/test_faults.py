@@ -40,6 +40,7 @@ from train_helpers import TINY_MODEL, make_synth
 
 TESTS = Path(__file__).resolve().parent
 ORACLE_SIZE = 32
+pytestmark = pytest.mark.usefixtures("usual_signals")  # under nohup too
 
 # --------------------------------------------------------------------------- the world
 

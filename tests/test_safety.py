@@ -19,6 +19,8 @@ from fiacli.core.io import (
 )
 from fiacli.core.signals import Interrupted, deferred_signals, signals_as_interrupts
 
+pytestmark = pytest.mark.usefixtures("usual_signals")  # under nohup too
+
 # ------------------------------------------------------------------ outputs never replace inputs
 
 

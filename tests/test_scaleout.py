@@ -304,6 +304,16 @@ def _worker(rank: int, world: int, init: str, task: dict[str, Any], report: str)
         if task.get("slow"):
             oracle = Slow(radius=2, started=str(Path(report) / f"started-{rank}"))
         scenes = task["scenes"][rank] if task.get("per_rank_scenes") else task["scenes"]
+        if task.get("record_coarse"):  # a file per coarse pass: which rank made it, for what
+            import fiacli.app.pipeline as pipeline
+
+            real = pipeline.scene_regions
+
+            def recorded(src, *a, **k):
+                (Path(report) / f"coarse-{Path(src).stem}-rank{rank}").touch()
+                return real(src, *a, **k)
+
+            pipeline.scene_regions = recorded
         result = segment_many(scenes, task["texts"], task["outputs"],
                               model=Model(oracle), batch=BatchOptions(**task.get("batch", {})),
                               **task["options"])  # fmt: skip
@@ -409,10 +419,12 @@ def test_two_ranks_cut_split_scenes_in_scene_scope_by_one_coarse_pass_each(tmp_p
     out.mkdir()
     task = {"scenes": [str(s) for s in scenes], "texts": texts, "options": options,
             "outputs": [str(out / "{stem}.tif"), str(out / "{stem}.gpkg")],
-            "batch": {"split_scene": True}}  # fmt: skip
+            "batch": {"split_scene": True}, "record_coarse": True}  # fmt: skip
     codes, answers = run_ranks(tmp_path, task)
     assert codes == [0, 0], answers
     assert [r["rank"] for r in answers[0][2]["scenes"]] == [[0, 1], [0, 1]]
+    made = sorted(p.name for p in (tmp_path / "report").glob("coarse-*"))
+    assert made == ["coarse-s1-rank0", "coarse-s2-rank1"]  # one pass a scene, spread
     for scene in scenes:
         for suffix in (".tif", ".gpkg"):
             a, b = one / f"{scene.stem}{suffix}", out / f"{scene.stem}{suffix}"

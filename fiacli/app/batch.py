@@ -871,7 +871,8 @@ class _Run:
             except KeyboardInterrupt:
                 raise
             except Exception as exc:
-                found[str(j)] = f"the coarse pass of --scope scene: {describe_error(exc)}"
+                where = f" (made by rank {cl.rank})" if cl.world > 1 else ""
+                found[str(j)] = f"the coarse pass of --scope scene{where}: {describe_error(exc)}"
                 continue
             found[str(j)] = None if regions is None else [r.to_json() for r in regions]
         for part in cl.gather(found, what="the coarse pass of --scope scene"):

@@ -557,7 +557,7 @@ def regions_to_batch(regions: Regions, *, crs: Any, **options: Any) -> Any:
     wkb = list(shapely.to_wkb(geoms))
     arrays = [
         _binary_array(pa.string(), [options["expression"].encode()] * len(wkb)),
-        _numeric_array(columns["area_m2"]),  # no CRS: NaN, written as nulls
+        _numeric_array(columns["area_m2"], nan_is_null=True),  # no CRS: NaN, written as nulls
         _numeric_array(columns["pixels"]),
         _numeric_array(columns["mean_prob"]),
         _binary_array(pa.binary(), wkb),
@@ -565,13 +565,14 @@ def regions_to_batch(regions: Regions, *, crs: Any, **options: Any) -> Any:
     return pa.RecordBatch.from_arrays(arrays, schema=_spool_schema())
 
 
-def _numeric_array(values: np.ndarray) -> Any:
-    """An Arrow array over ``values``' own buffer (NaN -> null, as geopandas writes it)."""
+def _numeric_array(values: np.ndarray, *, nan_is_null: bool = False) -> Any:
+    """An Arrow array over ``values``' buffer (``nan_is_null``: NaN -> null, as geopandas
+    writes it)."""
     import pyarrow as pa
 
-    values = np.ascontiguousarray(values)
+    values = np.ascontiguousarray(values, dtype=values.dtype.newbyteorder("="))
     validity = None
-    if values.dtype.kind == "f" and np.isnan(values).any():
+    if nan_is_null and np.isnan(values).any():
         validity = pa.py_buffer(np.packbits(~np.isnan(values), bitorder="little"))
     kind = pa.from_numpy_dtype(values.dtype)
     return pa.Array.from_buffers(kind, len(values), [validity, pa.py_buffer(values)])
@@ -579,7 +580,8 @@ def _numeric_array(values: np.ndarray) -> Any:
 
 def _binary_array(kind: Any, items: list[bytes]) -> Any:
     """A string or binary Arrow array of ``items``, which total under 2 GiB (32-bit offsets,
-    as ``pa.array`` makes them; a spool batch is bounded by :data:`SPOOL_VERTICES`)."""
+    as ``pa.array`` makes them; a spool batch is usually about :data:`SPOOL_VERTICES`
+    vertices, 16 bytes each, but holds at least every polygon one add_rows call closed)."""
     import pyarrow as pa
 
     offsets = np.zeros(len(items) + 1, np.int64)

@@ -860,8 +860,8 @@ class _Run:
         if not jobs:
             return {}
         cl = self.cluster
-        reused = [j for j in jobs if cl.is_main and self._parts_reusable(j, units)]
-        reused = cl.broadcast(reused, what="the coarse pass of --scope scene")  # one decision
+        mine = [j for j in jobs if self._parts_reusable(j, units)] if cl.is_main else None
+        reused = cl.broadcast(mine, what="the coarse pass of --scope scene")  # rank 0 decides
         need = [j for j in jobs if j not in reused]
         found: dict[str, Any] = {}
         for j in need[cl.rank :: cl.world]:
